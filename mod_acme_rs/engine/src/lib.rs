@@ -2,3 +2,6 @@
 //! `cargo test` exercises it without httpd.
 
 pub mod config;
+pub mod keys;
+pub mod certcheck;
+pub mod store;
