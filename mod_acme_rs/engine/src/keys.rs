@@ -111,6 +111,19 @@ impl FromStr for KeyType {
     }
 }
 
+impl serde::Serialize for KeyType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A private key: PKCS#8 DER plus its type. `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PrivateKey {
@@ -328,6 +341,10 @@ mod tests {
         let err = "rsa1024".parse::<KeyType>().unwrap_err();
         assert!(err.to_string().contains("rsa1024"), "{err}");
         assert_eq!(KeyType::default(), KeyType::Rsa2048);
+        assert_eq!(serde_json::to_string(&KeyType::EcP384).unwrap(), "\"ec384\"");
+        let kt: KeyType = serde_json::from_str("\"rsa4096\"").unwrap();
+        assert_eq!(kt, KeyType::Rsa4096);
+        assert!(serde_json::from_str::<KeyType>("\"dsa\"").is_err());
     }
 
     fn check_key_type(kt: KeyType) {
