@@ -53,7 +53,9 @@ pub enum CheckError {
     #[error("{}", not_signed_message(*.position))]
     NotSignedByIssuer { position: usize },
     /// A signature uses an algorithm that cannot be verified here.
-    #[error("certificate {position} in the chain uses a signature algorithm that cannot be verified")]
+    #[error(
+        "certificate {position} in the chain uses a signature algorithm that cannot be verified"
+    )]
     UnsupportedSignature { position: usize },
     /// The leaf's key is not one of the supported key types.
     #[error("the certificate's key is not supported: {0}")]
@@ -102,8 +104,12 @@ pub fn parse_pem_chain(chain_pem: &str) -> Result<Vec<CertificateDer<'static>>, 
             // The error's Display may quote input bytes; keep messages short and clean.
             CheckError::MalformedPem(
                 match e {
-                    rustls_pki_types::pem::Error::MissingSectionEnd { .. } => "a section has no END line",
-                    rustls_pki_types::pem::Error::IllegalSectionStart { .. } => "a BEGIN line is malformed",
+                    rustls_pki_types::pem::Error::MissingSectionEnd { .. } => {
+                        "a section has no END line"
+                    }
+                    rustls_pki_types::pem::Error::IllegalSectionStart { .. } => {
+                        "a BEGIN line is malformed"
+                    }
                     rustls_pki_types::pem::Error::Base64Decode(_) => "bad base64",
                     rustls_pki_types::pem::Error::SectionTooLarge => "a section is too large",
                     _ => "unreadable",
@@ -209,7 +215,9 @@ pub fn check_certificate(
     }
 
     // Key match: same key type and the same public key bits.
-    let raw = key.public_key_raw().map_err(|e| CheckError::Key(e.to_string()))?;
+    let raw = key
+        .public_key_raw()
+        .map_err(|e| CheckError::Key(e.to_string()))?;
     if info.key_type != key.key_type() || leaf.public_key().subject_public_key.data.as_ref() != raw
     {
         return Err(CheckError::KeyMismatch);
@@ -388,8 +396,12 @@ pub(crate) mod tests {
 
         /// Leaf + intermediate, valid from a day ago for 90 days.
         pub(crate) fn chain(&self, key: &PrivateKey, domains: &[String]) -> String {
-            self.leaf(key, domains, time::Duration::days(-1), time::Duration::days(89))
-                + &self.inter_pem
+            self.leaf(
+                key,
+                domains,
+                time::Duration::days(-1),
+                time::Duration::days(89),
+            ) + &self.inter_pem
         }
     }
 
@@ -430,8 +442,13 @@ pub(crate) mod tests {
         let ca = TestCa::new("A");
         let key = generate_key(KeyType::EcP256).unwrap();
         let chain = ca.chain(&key, &names(&["a.test", "b.test"]));
-        let err = check_certificate(&chain, &key, &names(&["a.test", "c.test"]), SystemTime::now())
-            .unwrap_err();
+        let err = check_certificate(
+            &chain,
+            &key,
+            &names(&["a.test", "c.test"]),
+            SystemTime::now(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "certificate covers [a.test, b.test] but [a.test, c.test] were asked for"
@@ -461,7 +478,10 @@ pub(crate) mod tests {
             let other = generate_key(other).unwrap();
             let err = check_certificate(&chain, &other, &domains, SystemTime::now()).unwrap_err();
             assert_eq!(err, CheckError::KeyMismatch);
-            assert_eq!(err.to_string(), "certificate does not match its private key");
+            assert_eq!(
+                err.to_string(),
+                "certificate does not match its private key"
+            );
         }
     }
 
@@ -470,17 +490,32 @@ pub(crate) mod tests {
         let ca = TestCa::new("A");
         let domains = names(&["a.test"]);
         let key = generate_key(KeyType::EcP256).unwrap();
-        let expired = ca.leaf(&key, &domains, time::Duration::days(-90), time::Duration::days(-1))
-            + &ca.inter_pem;
+        let expired = ca.leaf(
+            &key,
+            &domains,
+            time::Duration::days(-90),
+            time::Duration::days(-1),
+        ) + &ca.inter_pem;
         let err = check_certificate(&expired, &key, &domains, SystemTime::now()).unwrap_err();
         assert!(matches!(err, CheckError::Expired { .. }), "{err}");
-        assert!(err.to_string().starts_with("certificate expired at 20"), "{err}");
+        assert!(
+            err.to_string().starts_with("certificate expired at 20"),
+            "{err}"
+        );
 
-        let future = ca.leaf(&key, &domains, time::Duration::days(1), time::Duration::days(90))
-            + &ca.inter_pem;
+        let future = ca.leaf(
+            &key,
+            &domains,
+            time::Duration::days(1),
+            time::Duration::days(90),
+        ) + &ca.inter_pem;
         let err = check_certificate(&future, &key, &domains, SystemTime::now()).unwrap_err();
         assert!(matches!(err, CheckError::NotYetValid { .. }), "{err}");
-        assert!(err.to_string().starts_with("certificate is not valid until 20"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("certificate is not valid until 20"),
+            "{err}"
+        );
         // ... but fine when checked at a time inside its window.
         let later = SystemTime::now() + Duration::from_secs(2 * 86400);
         check_certificate(&future, &key, &domains, later).unwrap();
@@ -493,23 +528,41 @@ pub(crate) mod tests {
         let b = TestCa::new("B");
         let domains = names(&["a.test"]);
         let key = generate_key(KeyType::EcP256).unwrap();
-        let leaf = a.leaf(&key, &domains, time::Duration::days(-1), time::Duration::days(30));
-        let err = check_certificate(&(leaf.clone() + &b.inter_pem), &key, &domains, SystemTime::now())
-            .unwrap_err();
+        let leaf = a.leaf(
+            &key,
+            &domains,
+            time::Duration::days(-1),
+            time::Duration::days(30),
+        );
+        let err = check_certificate(
+            &(leaf.clone() + &b.inter_pem),
+            &key,
+            &domains,
+            SystemTime::now(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "certificate is not signed by the issuer certificate that came with it"
         );
         // Leaf followed by the root (skipping the intermediate): names differ.
-        let err = check_certificate(&(leaf.clone() + &a.root_pem), &key, &domains, SystemTime::now())
-            .unwrap_err();
+        let err = check_certificate(
+            &(leaf.clone() + &a.root_pem),
+            &key,
+            &domains,
+            SystemTime::now(),
+        )
+        .unwrap_err();
         assert_eq!(err, CheckError::NotSignedByIssuer { position: 0 });
         // Full chain with the right root is fine; with another root, the intermediate fails.
         let full = leaf.clone() + &a.inter_pem + &a.root_pem;
         check_certificate(&full, &key, &domains, SystemTime::now()).unwrap();
         let bad = leaf.clone() + &a.inter_pem + &b.root_pem;
         let err = check_certificate(&bad, &key, &domains, SystemTime::now()).unwrap_err();
-        assert!(matches!(err, CheckError::NotSignedByIssuer { position: 1 }), "{err}");
+        assert!(
+            matches!(err, CheckError::NotSignedByIssuer { position: 1 }),
+            "{err}"
+        );
         // Leaf alone.
         let err = check_certificate(&leaf, &key, &domains, SystemTime::now()).unwrap_err();
         assert_eq!(err, CheckError::NoIssuer);
@@ -519,10 +572,13 @@ pub(crate) mod tests {
     fn no_certificate() {
         let key = generate_key(KeyType::EcP256).unwrap();
         for pem in ["", "hello", &key.to_pem()] {
-            let err = check_certificate(pem, &key, &names(&["a.test"]), SystemTime::now())
-                .unwrap_err();
+            let err =
+                check_certificate(pem, &key, &names(&["a.test"]), SystemTime::now()).unwrap_err();
             assert_eq!(err.to_string(), "no certificate in the PEM data");
-            assert_eq!(read_certificate_info(pem).unwrap_err(), CheckError::NoCertificate);
+            assert_eq!(
+                read_certificate_info(pem).unwrap_err(),
+                CheckError::NoCertificate
+            );
         }
         let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n";
         assert!(matches!(
@@ -547,10 +603,28 @@ pub(crate) mod tests {
             "CN=mod_acme_rs fallback for example.test"
         );
         leaf.verify_signature(None).unwrap();
-        assert!(fallback_usable(&pem, &key, &domains, SystemTime::now(), Duration::from_secs(86400)));
+        assert!(fallback_usable(
+            &pem,
+            &key,
+            &domains,
+            SystemTime::now(),
+            Duration::from_secs(86400)
+        ));
         let other = generate_key(KeyType::EcP256).unwrap();
-        assert!(!fallback_usable(&pem, &other, &domains, SystemTime::now(), Duration::ZERO));
-        assert!(!fallback_usable(&pem, &key, &names(&["x.test"]), SystemTime::now(), Duration::ZERO));
+        assert!(!fallback_usable(
+            &pem,
+            &other,
+            &domains,
+            SystemTime::now(),
+            Duration::ZERO
+        ));
+        assert!(!fallback_usable(
+            &pem,
+            &key,
+            &names(&["x.test"]),
+            SystemTime::now(),
+            Duration::ZERO
+        ));
         assert!(!fallback_usable(
             &pem,
             &key,

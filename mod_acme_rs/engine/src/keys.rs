@@ -246,7 +246,9 @@ pub(crate) fn key_type_of(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyType, Ke
                     Ok(KeyType::EcP384)
                 }
                 Some(oid) => Err(KeyError::Unsupported(format!("an EC key on curve {oid}"))),
-                None => Err(KeyError::Unsupported("an EC key without a named curve".into())),
+                None => Err(KeyError::Unsupported(
+                    "an EC key without a named curve".into(),
+                )),
             }
         }
         Ok(_) => Err(KeyError::Unsupported(format!(
@@ -288,11 +290,10 @@ pub(crate) fn params_for(domains: &[String]) -> Result<CertificateParams, KeyErr
             });
         }
     }
-    let mut params =
-        CertificateParams::new(domains.to_vec()).map_err(|e| KeyError::BadDomain {
-            domain: domains.join(", "),
-            reason: e.to_string(),
-        })?;
+    let mut params = CertificateParams::new(domains.to_vec()).map_err(|e| KeyError::BadDomain {
+        domain: domains.join(", "),
+        reason: e.to_string(),
+    })?;
     let mut dn = DistinguishedName::new();
     if first.len() <= 64 {
         dn.push(DnType::CommonName, first.as_str());
@@ -341,7 +342,10 @@ mod tests {
         let err = "rsa1024".parse::<KeyType>().unwrap_err();
         assert!(err.to_string().contains("rsa1024"), "{err}");
         assert_eq!(KeyType::default(), KeyType::Rsa2048);
-        assert_eq!(serde_json::to_string(&KeyType::EcP384).unwrap(), "\"ec384\"");
+        assert_eq!(
+            serde_json::to_string(&KeyType::EcP384).unwrap(),
+            "\"ec384\""
+        );
         let kt: KeyType = serde_json::from_str("\"rsa4096\"").unwrap();
         assert_eq!(kt, KeyType::Rsa4096);
         assert!(serde_json::from_str::<KeyType>("\"dsa\"").is_err());
@@ -353,7 +357,10 @@ mod tests {
 
         // Debug never shows key material.
         let dbg = format!("{key:?}");
-        assert!(dbg.contains("redacted") && !dbg.contains("pkcs8: ["), "{dbg}");
+        assert!(
+            dbg.contains("redacted") && !dbg.contains("pkcs8: ["),
+            "{dbg}"
+        );
 
         // PEM round trip.
         let pem = key.to_pem();
@@ -430,7 +437,10 @@ mod tests {
         let der = csr_der(&key, &[long]).unwrap();
         let (_, csr) = X509CertificationRequest::from_der(&der).unwrap();
         assert_eq!(
-            csr.certification_request_info.subject.iter_common_name().count(),
+            csr.certification_request_info
+                .subject
+                .iter_common_name()
+                .count(),
             0
         );
     }

@@ -284,9 +284,8 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     let dir = parent_of(path)?;
     let tmp = tmp_sibling(path, "tmp");
-    let result = write_new(&tmp, bytes, mode).and_then(|()| {
-        fs::rename(&tmp, path).map_err(io_err("rename a temporary file to", path))
-    });
+    let result = write_new(&tmp, bytes, mode)
+        .and_then(|()| fs::rename(&tmp, path).map_err(io_err("rename a temporary file to", path)));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -480,9 +479,8 @@ impl Store {
             return Ok(None);
         };
         let chain_pem = utf8("certificate", &chain_p, chain)?;
-        let key_bytes = read_opt(&key_p)?.ok_or_else(|| {
-            StoreError::Corrupt(format!("{} is missing", key_p.display()))
-        })?;
+        let key_bytes = read_opt(&key_p)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{} is missing", key_p.display())))?;
         let key_pem = utf8("private key", &key_p, key_bytes)?;
         let key = PrivateKey::from_pem(&key_pem).map_err(|source| StoreError::Key {
             name: name.to_string(),
@@ -539,12 +537,11 @@ impl Store {
         meta: &CertificateMeta,
     ) -> Result<(), StoreError> {
         check_name(name)?;
-        let chain = certcheck::parse_pem_chain(chain_pem).map_err(|source| {
-            StoreError::Certificate {
+        let chain =
+            certcheck::parse_pem_chain(chain_pem).map_err(|source| StoreError::Certificate {
                 name: name.to_string(),
                 source,
-            }
-        })?;
+            })?;
         let fullchain: String = chain
             .iter()
             .map(|c| crate::keys::pem_encode("CERTIFICATE", c))
@@ -890,7 +887,9 @@ mod tests {
         let mut last = second;
         for i in 0..6 {
             last = issue(&ca, &domains, &format!("https://ca.test/cert/x{i}"));
-            store.install(&name, &last.chain, &last.key, &last.meta).unwrap();
+            store
+                .install(&name, &last.chain, &last.key, &last.meta)
+                .unwrap();
         }
         assert_eq!(
             set_dirs(&store, &name),
@@ -915,7 +914,9 @@ mod tests {
         let domains = names(&["example.test"]);
         let name = cert_name(&domains[0]);
         let old = issue(&ca, &domains, "https://ca.test/cert/old");
-        store.install(&name, &old.chain, &old.key, &old.meta).unwrap();
+        store
+            .install(&name, &old.chain, &old.key, &old.meta)
+            .unwrap();
 
         let new = issue(&ca, &domains, "https://ca.test/cert/new");
         // Killed while writing: a staging directory with half of the new files.
@@ -950,7 +951,9 @@ mod tests {
         assert_reader_sees(&store, &name, &old);
 
         // The next install completes, and tidies the staging leftovers.
-        store.install(&name, &new.chain, &new.key, &new.meta).unwrap();
+        store
+            .install(&name, &new.chain, &new.key, &new.meta)
+            .unwrap();
         assert_reader_sees(&store, &name, &new);
         assert!(!staging.exists());
     }
@@ -962,11 +965,16 @@ mod tests {
         let ca = TestCa::new("A");
         let domains = names(&["example.test"]);
         let old = issue(&ca, &domains, "u");
-        store.install("example.test", &old.chain, &old.key, &old.meta).unwrap();
+        store
+            .install("example.test", &old.chain, &old.key, &old.meta)
+            .unwrap();
         let err = store
             .install("example.test", "not pem", &old.key, &old.meta)
             .unwrap_err();
-        assert!(err.to_string().contains("no certificate in the PEM data"), "{err}");
+        assert!(
+            err.to_string().contains("no certificate in the PEM data"),
+            "{err}"
+        );
         assert!(matches!(
             store.install("../x", &old.chain, &old.key, &old.meta),
             Err(StoreError::BadName(_))
@@ -1016,7 +1024,9 @@ mod tests {
         assert!(loaded.set_dir.is_some());
 
         let new = issue(&ca, &domains, "https://ca.test/cert/2");
-        store.install(name, &new.chain, &new.key, &new.meta).unwrap();
+        store
+            .install(name, &new.chain, &new.key, &new.meta)
+            .unwrap();
         assert_reader_sees(&store, name, &new);
     }
 
@@ -1031,7 +1041,13 @@ mod tests {
         assert_eq!(mode(&paths.key), 0o600);
         let crt = read(&paths.crt);
         let key = PrivateKey::from_pem(&read(&paths.key)).unwrap();
-        assert!(certcheck::fallback_usable(&crt, &key, &domains, SystemTime::now(), Duration::ZERO));
+        assert!(certcheck::fallback_usable(
+            &crt,
+            &key,
+            &domains,
+            SystemTime::now(),
+            Duration::ZERO
+        ));
 
         // Still good: not regenerated.
         store.ensure_fallback(&name, &domains).unwrap();
@@ -1044,7 +1060,13 @@ mod tests {
         let crt2 = read(&paths.crt);
         assert_ne!(crt2, crt);
         let key2 = PrivateKey::from_pem(&read(&paths.key)).unwrap();
-        assert!(certcheck::fallback_usable(&crt2, &key2, &domains, SystemTime::now(), Duration::ZERO));
+        assert!(certcheck::fallback_usable(
+            &crt2,
+            &key2,
+            &domains,
+            SystemTime::now(),
+            Duration::ZERO
+        ));
 
         // Other names: regenerated.
         let more = names(&["*.example.test", "example.test", "x.test"]);
@@ -1068,5 +1090,85 @@ mod tests {
         assert_eq!(entries.len(), 1, "no temporary file left");
         let err = write_atomic(&tmp.path().join("nodir/x"), b"x", 0o600).unwrap_err();
         assert!(err.to_string().contains("nodir"), "{err}");
+    }
+
+    /// Not a test by itself: the child process of `sigkill_during_installs_never_mixes_sets`,
+    /// installing new sets in a loop until it is killed.
+    #[test]
+    #[ignore]
+    fn install_loop_child() {
+        let Some(root) = std::env::var_os("ACME_RS_STORE_CHILD_ROOT") else {
+            return;
+        };
+        let store = Store::open(PathBuf::from(root)).unwrap();
+        let ca = TestCa::new("A");
+        let domains = names(&["example.test"]);
+        let sets: Vec<Issued> = (0..4)
+            .map(|i| issue(&ca, &domains, &i.to_string()))
+            .collect();
+        for i in 0.. {
+            let s = &sets[i % sets.len()];
+            store
+                .install("example.test", &s.chain, &s.key, &s.meta)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn sigkill_during_installs_never_mixes_sets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("store");
+        let store = Store::open(&root).unwrap();
+        let ca = TestCa::new("A");
+        let domains = names(&["example.test"]);
+        let first = issue(&ca, &domains, "first");
+        store
+            .install("example.test", &first.chain, &first.key, &first.meta)
+            .unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let p = store.cert_paths("example.test");
+        let mut installs_seen = std::collections::BTreeSet::new();
+        for round in 0..8u64 {
+            let mut child = std::process::Command::new(&exe)
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "store::tests::install_loop_child",
+                    "--nocapture",
+                ])
+                .env("ACME_RS_STORE_CHILD_ROOT", &root)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            // Let it get going (key generation first), then kill it at a varying instant.
+            std::thread::sleep(Duration::from_millis(150 + 37 * round));
+            // SAFETY: plain kill(2) of our own child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+            child.wait().unwrap();
+            // Whatever instant it died at, the four paths show one whole set.
+            let crt = read(&p.crt);
+            let key = PrivateKey::from_pem(&read(&p.key)).unwrap();
+            let meta: CertificateMeta = serde_json::from_str(&read(&p.json)).unwrap();
+            let info = certcheck::check_certificate(&crt, &key, &domains, SystemTime::now())
+                .unwrap_or_else(|e| panic!("round {round}: mixed set: {e}"));
+            assert_eq!(
+                info.serial, meta.serial,
+                "round {round}: json from another set"
+            );
+            assert!(
+                crt.ends_with(&read(&p.issuer)),
+                "round {round}: issuer from another set"
+            );
+            let loaded = Store::open(&root)
+                .unwrap()
+                .load("example.test")
+                .unwrap()
+                .unwrap();
+            assert_eq!(loaded.chain_pem, crt);
+            installs_seen.insert(set_dirs(&store, "example.test").last().cloned());
+        }
+        // The child did install things (the kills did not all land before its first install).
+        assert!(installs_seen.len() > 1, "{installs_seen:?}");
     }
 }
