@@ -1,4 +1,7 @@
 //! The engine of mod_acme_rs: everything that is not Apache glue. Plain Rust, no FFI, so
 //! `cargo test` exercises it without httpd.
 
+pub mod certcheck;
 pub mod config;
+pub mod keys;
+pub mod store;
