@@ -2,3 +2,5 @@
 //! `cargo test` exercises it without httpd.
 
 pub mod config;
+pub mod acme;
+pub mod dns;
