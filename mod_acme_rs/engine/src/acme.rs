@@ -487,7 +487,6 @@ pub async fn order_certificate_with(
 
     // Collect the DNS-01 values of every pending authorization.
     let mut records: Vec<TxtRecord> = Vec::new();
-    let mut pending = 0usize;
     {
         let mut authzs = order.authorizations();
         while let Some(a) = authzs.next().await {
@@ -501,14 +500,22 @@ pub async fn order_certificate_with(
             let ch = a.challenge(ChallengeType::Dns01).ok_or_else(|| AcmeError::NoDns01(ident.clone()))?;
             let value = ch.key_authorization().dns_value();
             records.push(TxtRecord::new(TxtRecord::challenge_name(&ident), value));
-            pending += 1;
         }
     }
 
+    // Whether anything may have been written (and so must be removed).
+    let mut written = false;
     let result = async {
         if !records.is_empty() {
             progress(&format!("publishing {} TXT record{}", records.len(), if records.len() == 1 { "" } else { "s" }));
-            dns.publish(&records).await?;
+            written = true;
+            if let Err(e) = dns.publish(&records).await {
+                // Nothing was written when no zone was found or a record was refused up front.
+                if matches!(e, DnsError::NoHostedZone { .. } | DnsError::InvalidRecord { .. }) {
+                    written = false;
+                }
+                return Err(e.into());
+            }
             log::debug!("published {} TXT records after {:?}", records.len(), start.elapsed());
 
             progress("waiting for DNS propagation");
@@ -530,7 +537,6 @@ pub async fn order_certificate_with(
                 })?;
             }
         }
-        let _ = pending;
 
         let status = match order.poll_ready(&POLL).await {
             Ok(s) => s,
@@ -551,7 +557,7 @@ pub async fn order_certificate_with(
     }
     .await;
 
-    if !records.is_empty() {
+    if written {
         if let Err(e) = dns.remove(&records).await {
             let names: BTreeSet<&str> = records.iter().map(|r| r.fqdn.as_str()).collect();
             log::warn!(
@@ -592,9 +598,7 @@ async fn wait_propagation(dns: &dyn DnsProvider, records: &[TxtRecord], resolver
 /// Finds out which authorization failed and why.
 async fn validation_error(order: &mut instant_acme::Order, dir: &str, order_problem: Option<Problem>) -> AcmeError {
     // Fresh authorization states: the cached ones predate validation.
-    let url = order.url().to_string();
     let fresh = order.refresh().await.is_ok();
-    let _ = url;
     if fresh {
         let mut authzs = order.authorizations();
         while let Some(Ok(mut a)) = authzs.next().await {

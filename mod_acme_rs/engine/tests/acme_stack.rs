@@ -229,3 +229,30 @@ async fn route53_publish_and_remove_merge_and_keep_foreign_values() {
     // Removing what is not there is fine.
     pinned.remove(&[TxtRecord::new(sub, "only-ours")]).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_order_still_removes_its_records() {
+    let stack = Stack::start().await.expect("stack");
+    let r53 = stack.route53();
+    r53.create_zone("example.test").await.unwrap();
+    r53.upsert_txt(CHALLENGE, &["foreign-value"]).await.unwrap();
+    let dns = provider(stack.moto.endpoint(), stack.credentials_file(), vec![]).await;
+    let acct = account(&acme_options(&stack), &stack.dir().join("account.json")).await.expect("account");
+
+    // The propagation check asks a server that never answers: the order fails there.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let domains = vec!["example.test".to_string(), "*.example.test".to_string()];
+    let err = order_certificate(&acct, &domains, &csr_for(&domains), &dns, &[silent.local_addr().unwrap()], Duration::from_millis(600), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AcmeError::Dns(DnsError::PropagationTimeout { .. })), "{err:?}");
+    assert!(err.is_transient());
+    assert_eq!(r53.txt_values(CHALLENGE).await.unwrap(), vec!["foreign-value".to_string()]);
+
+    // A name outside every hosted zone: a clear error, nothing written.
+    let domains = vec!["foo.invalid".to_string()];
+    let err = order_certificate(&acct, &domains, &csr_for(&domains), &dns, &[stack.dns.addr()], Duration::from_secs(5), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no Route53 hosted zone covers 'foo.invalid'"), "{err}");
+}

@@ -203,7 +203,7 @@ impl Route53Provider {
             .map(|(d, id)| Zone { name: normalize_name(d), id: bare_zone_id(id) })
             .collect();
         // Longest pin first, so the first match is the most specific.
-        pins.sort_by(|a, b| b.name.len().cmp(&a.name.len()));
+        pins.sort_by_key(|p| std::cmp::Reverse(p.name.len()));
         Ok(Route53Provider {
             client,
             pins,
