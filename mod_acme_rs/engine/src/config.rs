@@ -12,7 +12,7 @@ mod names;
 mod tests;
 
 pub use duration::{format_duration, parse_duration, DurationError};
-pub use names::{covers, validate_domain, NameError};
+pub use names::{covers, normalize_host, validate_domain, NameError};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -72,6 +72,7 @@ const fn spec(
 use Allowed::{ServerAndVirtualHost as ANY, ServerOnly as SERVER};
 
 /// Every directive, in the contract's order. The glue registers exactly these with Apache.
+#[rustfmt::skip]
 pub const DIRECTIVES: &[DirectiveSpec] = &[
     spec("ACMEDomain", ANY, 1, None, "ACMEDomain name [name ...]: one certificate covering these names; the first names the certificate"),
     spec("ACMEServer", SERVER, 1, Some(1), "ACMEServer url|letsencrypt|letsencrypt-staging: ACME directory URL"),
@@ -101,7 +102,9 @@ pub const DIRECTIVES: &[DirectiveSpec] = &[
 
 /// Look a directive up by name, case-insensitively as Apache does.
 pub fn find_directive(name: &str) -> Option<&'static DirectiveSpec> {
-    DIRECTIVES.iter().find(|d| d.name.eq_ignore_ascii_case(name))
+    DIRECTIVES
+        .iter()
+        .find(|d| d.name.eq_ignore_ascii_case(name))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,7 +412,10 @@ impl HostConfig {
                 min: spec.min_args,
                 max: spec.max_args,
                 got: args.len(),
-                usage: spec.help.split_once(": ").map_or(spec.help, |(usage, _)| usage),
+                usage: spec
+                    .help
+                    .split_once(": ")
+                    .map_or(spec.help, |(usage, _)| usage),
             });
         }
         let one = args[0];
@@ -423,7 +429,10 @@ impl HostConfig {
                 self.eab = Some(parse_eab(args[0], args[1], server_root)?)
             }
             "ACMEKeyType" => {
-                self.key_type = Some(one.parse().map_err(|e: UnknownKeyType| invalid(d, e.to_string()))?)
+                self.key_type = Some(
+                    one.parse()
+                        .map_err(|e: UnknownKeyType| invalid(d, e.to_string()))?,
+                )
             }
             "ACMEStore" => self.store = Some(resolve_path(d, one, server_root)?),
             "ACMERenewBefore" => self.renew_before = Some(parse_renew_before(one)?),
@@ -442,8 +451,15 @@ impl HostConfig {
             }
             "ACMERoute53HostedZone" => {
                 let (domain, zone) = parse_hosted_zone(args[0], args[1])?;
-                if self.route53_hosted_zones.iter().any(|(dom, _)| *dom == domain) {
-                    return Err(invalid(d, format!("the hosted zone for '{domain}' is pinned twice")));
+                if self
+                    .route53_hosted_zones
+                    .iter()
+                    .any(|(dom, _)| *dom == domain)
+                {
+                    return Err(invalid(
+                        d,
+                        format!("the hosted zone for '{domain}' is pinned twice"),
+                    ));
                 }
                 self.route53_hosted_zones.push((domain, zone));
             }
@@ -500,10 +516,7 @@ impl HostConfig {
                 &base.route53_credentials_file,
             ),
             route53_assume_role: pick(&vhost.route53_assume_role, &base.route53_assume_role),
-            route53_hosted_zones: pick_vec(
-                &vhost.route53_hosted_zones,
-                &base.route53_hosted_zones,
-            ),
+            route53_hosted_zones: pick_vec(&vhost.route53_hosted_zones, &base.route53_hosted_zones),
             dns_resolvers: pick_vec(&vhost.dns_resolvers, &base.dns_resolvers),
             propagation_timeout: pick(&vhost.propagation_timeout, &base.propagation_timeout),
             graceful_restart: pick(&vhost.graceful_restart, &base.graceful_restart),
@@ -533,7 +546,10 @@ fn parse_domain_set(args: &[&str]) -> Result<DomainSet, ConfigError> {
             source,
         })?;
         if names.contains(&name) {
-            return Err(invalid("ACMEDomain", format!("'{name}' is listed twice on the same line")));
+            return Err(invalid(
+                "ACMEDomain",
+                format!("'{name}' is listed twice on the same line"),
+            ));
         }
         names.push(name);
     }
@@ -553,8 +569,18 @@ fn parse_server(v: &str) -> Result<String, ConfigError> {
     })?;
     match url.scheme() {
         "https" => {}
-        "http" => return Err(invalid(D, format!("'{v}' uses http; the ACME directory URL must be https"))),
-        other => return Err(invalid(D, format!("'{v}' has scheme '{other}'; the ACME directory URL must be https"))),
+        "http" => {
+            return Err(invalid(
+                D,
+                format!("'{v}' uses http; the ACME directory URL must be https"),
+            ))
+        }
+        other => {
+            return Err(invalid(
+                D,
+                format!("'{v}' has scheme '{other}'; the ACME directory URL must be https"),
+            ))
+        }
     }
     if url.host_str().map_or(true, str::is_empty) {
         return Err(invalid(D, format!("'{v}' has no host")));
@@ -566,7 +592,13 @@ fn parse_endpoint(v: &str) -> Result<String, ConfigError> {
     const D: &str = "ACMERoute53Endpoint";
     let url = url::Url::parse(v).map_err(|e| invalid(D, format!("'{v}' is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(D, format!("'{v}' has scheme '{}'; use an http or https URL", url.scheme())));
+        return Err(invalid(
+            D,
+            format!(
+                "'{v}' has scheme '{}'; use an http or https URL",
+                url.scheme()
+            ),
+        ));
     }
     if url.host_str().map_or(true, str::is_empty) {
         return Err(invalid(D, format!("'{v}' has no host")));
@@ -587,14 +619,20 @@ fn check_ca_file(d: &'static str, v: &str, server_root: &Path) -> Result<PathBuf
     let path = resolve_path(d, v, server_root)?;
     let shown = path.display();
     if path.is_dir() {
-        return Err(invalid(d, format!("'{shown}' is a directory, not a PEM file")));
+        return Err(invalid(
+            d,
+            format!("'{shown}' is a directory, not a PEM file"),
+        ));
     }
     let pem = std::fs::read(&path).map_err(|e| invalid(d, format!("can't read '{shown}': {e}")))?;
     if !pem
         .windows(b"-----BEGIN CERTIFICATE-----".len())
         .any(|w| w == b"-----BEGIN CERTIFICATE-----")
     {
-        return Err(invalid(d, format!("'{shown}' holds no PEM certificate (-----BEGIN CERTIFICATE-----)")));
+        return Err(invalid(
+            d,
+            format!("'{shown}' holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        ));
     }
     Ok(path)
 }
@@ -606,13 +644,28 @@ fn parse_email(v: &str) -> Result<String, ConfigError> {
         _ => v,
     };
     if addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(D, format!("'{}' contains a space or control character", v.escape_debug())));
+        return Err(invalid(
+            D,
+            format!(
+                "'{}' contains a space or control character",
+                v.escape_debug()
+            ),
+        ));
     }
     match addr.split('@').collect::<Vec<_>>().as_slice() {
-        [_] => Err(invalid(D, format!("'{v}' is not an email address (no '@')"))),
+        [_] => Err(invalid(
+            D,
+            format!("'{v}' is not an email address (no '@')"),
+        )),
         ["", _] => Err(invalid(D, format!("'{v}' has nothing before the '@'"))),
         [_, ""] => Err(invalid(D, format!("'{v}' has nothing after the '@'"))),
-        [_, _] => Ok(addr.to_string()),
+        [_, domain] => match validate_domain(domain) {
+            Ok(_) => Ok(addr.to_string()),
+            Err(e) => Err(invalid(
+                D,
+                format!("'{v}': the part after '@' is not a valid domain: {e}"),
+            )),
+        },
         _ => Err(invalid(D, format!("'{v}' has more than one '@'"))),
     }
 }
@@ -635,16 +688,28 @@ fn parse_renew_before(v: &str) -> Result<RenewBefore, ConfigError> {
     const D: &str = "ACMERenewBefore";
     let Some(number) = v.strip_suffix('%') else {
         return parse_duration(v).map(RenewBefore::Duration).map_err(|e| {
-            invalid(D, format!("'{v}' is neither a duration nor a percentage: {e} (like 30d or 33%)"))
+            invalid(
+                D,
+                format!("'{v}' is neither a duration nor a percentage: {e} (like 30d or 33%)"),
+            )
         });
     };
     if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(D, format!("'{v}' is not a percentage: '{number}' is not a whole number (like 33%)")));
+        return Err(invalid(
+            D,
+            format!("'{v}' is not a percentage: '{number}' is not a whole number (like 33%)"),
+        ));
     }
     match number.parse::<u32>() {
-        Ok(0) => Err(invalid(D, format!("'{v}': 0% would never renew; use 1% to 99%"))),
+        Ok(0) => Err(invalid(
+            D,
+            format!("'{v}': 0% would never renew; use 1% to 99%"),
+        )),
         Ok(p @ 1..=99) => Ok(RenewBefore::Percent(p as u8)),
-        _ => Err(invalid(D, format!("'{v}': 100% or more would renew all the time; use 1% to 99%"))),
+        _ => Err(invalid(
+            D,
+            format!("'{v}': 100% or more would renew all the time; use 1% to 99%"),
+        )),
     }
 }
 
@@ -652,17 +717,24 @@ fn parse_dns_provider(v: &str) -> Result<DnsProvider, ConfigError> {
     if v.eq_ignore_ascii_case("route53") {
         Ok(DnsProvider::Route53)
     } else {
-        Err(invalid("ACMEDNSProvider", format!("unknown DNS provider '{v}' (only route53 is supported)")))
+        Err(invalid(
+            "ACMEDNSProvider",
+            format!("unknown DNS provider '{v}' (only route53 is supported)"),
+        ))
     }
 }
 
 fn parse_region(v: &str) -> Result<String, ConfigError> {
     let ok = !v.is_empty()
-        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(v.to_string())
     } else {
-        Err(invalid("ACMERoute53Region", format!("'{v}' is not an AWS region name (like us-east-1)")))
+        Err(invalid(
+            "ACMERoute53Region",
+            format!("'{v}' is not an AWS region name (like us-east-1)"),
+        ))
     }
 }
 
@@ -677,7 +749,10 @@ fn non_empty(d: &'static str, v: &str, problem: &str) -> Result<String, ConfigEr
 fn parse_assume_role(arn: &str, external_id: Option<&str>) -> Result<AssumeRole, ConfigError> {
     const D: &str = "ACMERoute53AssumeRole";
     if !arn.starts_with("arn:") {
-        return Err(invalid(D, format!("'{arn}' is not a role ARN (like arn:aws:iam::123456789012:role/acme)")));
+        return Err(invalid(
+            D,
+            format!("'{arn}' is not a role ARN (like arn:aws:iam::123456789012:role/acme)"),
+        ));
     }
     if external_id == Some("") {
         return Err(invalid(D, "the external ID is empty"));
@@ -696,7 +771,10 @@ fn parse_hosted_zone(domain: &str, zone: &str) -> Result<(String, String), Confi
         source,
     })?;
     if let Some(parent) = name.strip_prefix("*.") {
-        return Err(invalid(D, format!("'{name}' is a wildcard; pin the zone for '{parent}' instead")));
+        return Err(invalid(
+            D,
+            format!("'{name}' is a wildcard; pin the zone for '{parent}' instead"),
+        ));
     }
     // The API returns ids as `/hostedzone/Z...`; people paste either form.
     let id = zone.strip_prefix("/hostedzone/").unwrap_or(zone);
@@ -704,14 +782,22 @@ fn parse_hosted_zone(domain: &str, zone: &str) -> Result<(String, String), Confi
         return Err(invalid(D, "the hosted zone ID is empty"));
     }
     if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(invalid(D, format!("'{zone}' is not a hosted zone ID (like Z0123456789ABCDEFGHIJ)")));
+        return Err(invalid(
+            D,
+            format!("'{zone}' is not a hosted zone ID (like Z0123456789ABCDEFGHIJ)"),
+        ));
     }
     Ok((name, id.to_string()))
 }
 
 fn parse_resolver(v: &str) -> Result<SocketAddr, ConfigError> {
     const D: &str = "ACMEDNSResolver";
-    if let Ok(ip) = v.parse::<IpAddr>() {
+    // `192.0.2.53`, `2001:db8::53` or `[2001:db8::53]`: the DNS port.
+    let unbracketed = v
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(v);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, 53));
     }
     if let Ok(addr) = v.parse::<SocketAddr>() {
@@ -728,7 +814,10 @@ fn parse_resolver(v: &str) -> Result<SocketAddr, ConfigError> {
             .unwrap_or(host)
             .parse::<IpAddr>();
         if host_ip.is_ok() {
-            return Err(invalid(D, format!("'{v}': port '{port}' is not a number from 1 to 65535")));
+            return Err(invalid(
+                D,
+                format!("'{v}': port '{port}' is not a number from 1 to 65535"),
+            ));
         }
     }
     Err(invalid(D, format!("'{v}' is not an IP address (write ip, ip:port or [ipv6]:port; host names are not resolved)")))
@@ -752,7 +841,11 @@ fn parse_renew_hook(args: &[&str], server_root: &Path) -> Result<Vec<String>, Co
 }
 
 /// `ACMEExternalAccountBinding kid hmac|file:path`. No message ever shows the HMAC.
-fn parse_eab(kid: &str, hmac: &str, server_root: &Path) -> Result<ExternalAccountBinding, ConfigError> {
+fn parse_eab(
+    kid: &str,
+    hmac: &str,
+    server_root: &Path,
+) -> Result<ExternalAccountBinding, ConfigError> {
     const D: &str = "ACMEExternalAccountBinding";
     if kid.is_empty() {
         return Err(invalid(D, "the key identifier (kid) is empty"));
@@ -768,8 +861,9 @@ fn parse_eab(kid: &str, hmac: &str, server_root: &Path) -> Result<ExternalAccoun
             if content.is_empty() {
                 return Err(invalid(D, format!("the HMAC file '{shown}' is empty")));
             }
-            decode_base64url(content)
-                .map_err(|why| invalid(D, format!("the HMAC in '{shown}' is not base64url: {why}")))?
+            decode_base64url(content).map_err(|why| {
+                invalid(D, format!("the HMAC in '{shown}' is not base64url: {why}"))
+            })?
         }
         None if hmac.is_empty() => return Err(invalid(D, "the HMAC is empty")),
         None => decode_base64url(hmac)
@@ -791,11 +885,13 @@ fn decode_base64url(s: &str) -> Result<Vec<u8>, &'static str> {
             .with_decode_allow_trailing_bits(true),
     );
     if s.contains(['+', '/']) {
-        return Err("it contains '+' or '/' from standard base64; base64url uses '-' and '_' instead");
+        return Err(
+            "it contains '+' or '/' from standard base64; base64url uses '-' and '_' instead",
+        );
     }
-    let key = ENGINE
-        .decode(s)
-        .map_err(|_| "only A-Z, a-z, 0-9, '-' and '_' are allowed, with optional '=' padding at the end")?;
+    let key = ENGINE.decode(s).map_err(|_| {
+        "only A-Z, a-z, 0-9, '-' and '_' are allowed, with optional '=' padding at the end"
+    })?;
     if key.is_empty() {
         return Err("it decodes to an empty key");
     }
@@ -807,6 +903,10 @@ fn decode_base64url(s: &str) -> Result<Vec<u8>, &'static str> {
 // ---------------------------------------------------------------------------------------------
 
 /// One virtual host as Apache sees it, for resolution.
+///
+/// The glue passes every `<VirtualHost>` (SSL or not: `ssl` is only a hint). If the main server
+/// itself serves TLS, it may be passed too with `config: HostConfig::merge(&main,
+/// &HostConfig::default())`, whose `domains` are empty, so its lines are not counted twice.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct VirtualHostInfo {
     pub server_name: Option<String>,
@@ -928,7 +1028,7 @@ pub fn resolve(
     }
     let server_level = certificates.len();
     for vhost in vhosts {
-        let host = vhost.server_name.as_deref().map(names::normalize_host);
+        let host = vhost.server_name.as_deref().map(normalize_host);
         for set in &vhost.config.domains {
             add(set, &vhost.config, &mut certificates)?;
             let cert = certificates.last_mut().expect("just pushed");
@@ -950,15 +1050,18 @@ pub fn resolve(
     // Hosts without an ACMEDomain of their own take the server-level certificate that covers
     // the most of their names (ties: the one covering the ServerName, then the first).
     for vhost in vhosts.iter().filter(|v| v.config.domains.is_empty()) {
-        let Some(host) = vhost.server_name.as_deref().map(names::normalize_host) else {
+        let Some(host) = vhost.server_name.as_deref().map(normalize_host) else {
             continue;
         };
         let host_names: Vec<String> = std::iter::once(host.clone())
-            .chain(vhost.aliases.iter().map(|a| names::normalize_host(a)))
+            .chain(vhost.aliases.iter().map(|a| normalize_host(a)))
             .collect();
         let score = |c: &CertificateSpec| {
             let covered = |h: &String| c.domains.iter().any(|d| covers(d, h));
-            (host_names.iter().filter(|h| covered(h)).count(), covered(&host))
+            (
+                host_names.iter().filter(|h| covered(h)).count(),
+                covered(&host),
+            )
         };
         let best = certificates[..server_level]
             .iter()
@@ -982,13 +1085,19 @@ pub fn resolve(
     }
 
     Ok(Settings {
-        server: main.server.clone().unwrap_or_else(|| LETSENCRYPT.to_string()),
+        server: main
+            .server
+            .clone()
+            .unwrap_or_else(|| LETSENCRYPT.to_string()),
         server_ca: main.server_ca.clone(),
         email: main.email.clone(),
         accept_tos: main.accept_tos.unwrap_or(false),
         eab: main.eab.clone(),
         key_type: main.key_type.unwrap_or_default(),
-        store: main.store.clone().unwrap_or_else(|| server_root.join("acme_rs")),
+        store: main
+            .store
+            .clone()
+            .unwrap_or_else(|| server_root.join("acme_rs")),
         check_interval: main.check_interval.unwrap_or(DEFAULT_CHECK_INTERVAL),
         dns_provider: main.dns_provider.unwrap_or_default(),
         route53: Route53Settings {
@@ -1003,7 +1112,9 @@ pub fn resolve(
             hosted_zones: main.route53_hosted_zones.clone(),
         },
         dns_resolvers: main.dns_resolvers.clone(),
-        propagation_timeout: main.propagation_timeout.unwrap_or(DEFAULT_PROPAGATION_TIMEOUT),
+        propagation_timeout: main
+            .propagation_timeout
+            .unwrap_or(DEFAULT_PROPAGATION_TIMEOUT),
         graceful_restart: main.graceful_restart.unwrap_or(true),
         renew_hook: main.renew_hook.clone(),
         ari: main.ari.unwrap_or(true),

@@ -53,9 +53,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         Some(n) => n,
         None if unit.is_empty() => return Err(DurationError::MissingUnit),
         // `1d12h`: a known unit followed by more digits.
-        None if unit.len() > 1
-            && unit_seconds(&unit[..1]).is_some()
-            && unit[1..].starts_with(|c: char| c.is_ascii_digit()) =>
+        // (`get`, not indexing: the unit may start with a multi-byte character.)
+        None if unit.get(..1).and_then(unit_seconds).is_some()
+            && unit.as_bytes().get(1).is_some_and(u8::is_ascii_digit) =>
         {
             return Err(DurationError::SeveralUnits)
         }
@@ -119,6 +119,8 @@ mod tests {
             ("abc", NotANumber),
             ("1.5d", Fractional),
             ("1d12h", SeveralUnits),
+            ("1é", UnknownUnit("é".into())),
+            ("5dé", UnknownUnit("dé".into())),
             ("99999999999999999999d", TooLarge),
             ("999999999999999d", TooLarge),
         ];

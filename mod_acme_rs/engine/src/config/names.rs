@@ -103,7 +103,7 @@ fn check_label(label: &str, index: usize, labels: &[&str]) -> Result<(), NameErr
 
 /// Normalise a host name as Apache reports it (ServerName, ServerAlias) for comparisons:
 /// lowercase, without a trailing dot or a `:port`.
-pub(crate) fn normalize_host(host: &str) -> String {
+pub fn normalize_host(host: &str) -> String {
     let host = host.trim();
     // Strip a port, but not from a bare IPv6 address.
     let host = match host.rsplit_once(':') {
@@ -135,7 +135,10 @@ mod tests {
         assert_eq!(validate_domain("Example.COM").unwrap(), "example.com");
         assert_eq!(validate_domain("example.com.").unwrap(), "example.com");
         assert_eq!(validate_domain("*.Example.com").unwrap(), "*.example.com");
-        assert_eq!(validate_domain("xn--bcher-kva.de").unwrap(), "xn--bcher-kva.de");
+        assert_eq!(
+            validate_domain("xn--bcher-kva.de").unwrap(),
+            "xn--bcher-kva.de"
+        );
         assert_eq!(validate_domain("a-b.c0.example").unwrap(), "a-b.c0.example");
         assert_eq!(validate_domain("localhost").unwrap(), "localhost");
         let long_label = "a".repeat(63);

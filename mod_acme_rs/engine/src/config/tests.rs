@@ -47,6 +47,7 @@ fn every_bad_case_has_its_own_message() {
 
     // (directive, args, scope, distinctive fragment of the message)
     use Scope::{Server as S, VirtualHost as V};
+    #[rustfmt::skip]
     let cases: Vec<(&str, Vec<&str>, Scope, &str)> = vec![
         ("ACMEFoo", vec!["x"], S, "unknown directive"),
         ("ACMEDomain", vec![], S, "takes at least 1 argument, none given"),
@@ -77,6 +78,7 @@ fn every_bad_case_has_its_own_message() {
         ("ACMEEmail", vec!["mailto:admin@"], S, "nothing after the '@'"),
         ("ACMEEmail", vec!["a@b@example.com"], S, "more than one '@'"),
         ("ACMEEmail", vec!["ad min@example.com"], S, "space"),
+        ("ACMEEmail", vec!["admin@exa_mple.com"], S, "the part after '@' is not a valid domain"),
         ("ACMEAcceptTOS", vec!["yes"], S, "expected on or off, got 'yes'"),
         ("ACMEExternalAccountBinding", vec!["kid"], S, "takes exactly 2 arguments, 1 given"),
         ("ACMEExternalAccountBinding", vec!["", HMAC], S, "kid) is empty"),
@@ -142,10 +144,17 @@ fn every_bad_case_has_its_own_message() {
         let msg = err.to_string();
         assert!(msg.starts_with(&format!("{directive}: ")), "{msg}");
         assert_eq!(err.directive(), *directive);
-        assert!(msg.contains(fragment), "{directive} {args:?}: {msg:?} lacks {fragment:?}");
+        assert!(
+            msg.contains(fragment),
+            "{directive} {args:?}: {msg:?} lacks {fragment:?}"
+        );
         assert!(!msg.contains("s3cr3t"), "the HMAC leaked: {msg}");
         assert!(seen.insert(msg.clone()), "message not distinct: {msg}");
-        assert_eq!(cfg, HostConfig::default(), "a failed directive changed the config");
+        assert_eq!(
+            cfg,
+            HostConfig::default(),
+            "a failed directive changed the config"
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -163,7 +172,12 @@ fn brief_examples_verbatim() {
         "ACMEKeyType: unknown key type 'rsa1024' (expected rsa2048, rsa3072, rsa4096, ec256 or ec384)"
     );
     assert_eq!(
-        e(cfg.apply("ACMEServer", &["letsencrypt"], Scope::VirtualHost, Path::new(ROOT))),
+        e(cfg.apply(
+            "ACMEServer",
+            &["letsencrypt"],
+            Scope::VirtualHost,
+            Path::new(ROOT)
+        )),
         "ACMEServer: not allowed inside <VirtualHost>; put it at server level"
     );
     assert_eq!(
@@ -185,7 +199,11 @@ fn server_only_directives_are_refused_in_virtual_hosts() {
                 spec.name
             ),
             Allowed::ServerAndVirtualHost => {
-                assert!(!matches!(r, Err(ConfigError::NotInVirtualHost { .. })), "{}", spec.name)
+                assert!(
+                    !matches!(r, Err(ConfigError::NotInVirtualHost { .. })),
+                    "{}",
+                    spec.name
+                )
             }
         }
     }
@@ -197,12 +215,30 @@ fn directive_table_matches_the_contract() {
     assert_eq!(
         names,
         [
-            "ACMEDomain", "ACMEServer", "ACMEServerCA", "ACMEEmail", "ACMEAcceptTOS",
-            "ACMEExternalAccountBinding", "ACMEKeyType", "ACMEStore", "ACMERenewBefore",
-            "ACMECheckInterval", "ACMEDNSProvider", "ACMERoute53Region", "ACMERoute53Endpoint",
-            "ACMERoute53Profile", "ACMERoute53CredentialsFile", "ACMERoute53AssumeRole",
-            "ACMERoute53HostedZone", "ACMEDNSResolver", "ACMEPropagationTimeout",
-            "ACMEGracefulRestart", "ACMERenewHook", "ACMEProfile", "ACMEARI", "ACMEStatus",
+            "ACMEDomain",
+            "ACMEServer",
+            "ACMEServerCA",
+            "ACMEEmail",
+            "ACMEAcceptTOS",
+            "ACMEExternalAccountBinding",
+            "ACMEKeyType",
+            "ACMEStore",
+            "ACMERenewBefore",
+            "ACMECheckInterval",
+            "ACMEDNSProvider",
+            "ACMERoute53Region",
+            "ACMERoute53Endpoint",
+            "ACMERoute53Profile",
+            "ACMERoute53CredentialsFile",
+            "ACMERoute53AssumeRole",
+            "ACMERoute53HostedZone",
+            "ACMEDNSResolver",
+            "ACMEPropagationTimeout",
+            "ACMEGracefulRestart",
+            "ACMERenewHook",
+            "ACMEProfile",
+            "ACMEARI",
+            "ACMEStatus",
         ]
     );
     let vhost_ok: Vec<&str> = DIRECTIVES
@@ -210,7 +246,15 @@ fn directive_table_matches_the_contract() {
         .filter(|d| d.allowed == Allowed::ServerAndVirtualHost)
         .map(|d| d.name)
         .collect();
-    assert_eq!(vhost_ok, ["ACMEDomain", "ACMEKeyType", "ACMERenewBefore", "ACMEProfile"]);
+    assert_eq!(
+        vhost_ok,
+        [
+            "ACMEDomain",
+            "ACMEKeyType",
+            "ACMERenewBefore",
+            "ACMEProfile"
+        ]
+    );
     for d in DIRECTIVES {
         assert!(d.help.starts_with(&format!("{} ", d.name)), "{}", d.help);
         assert!(d.max_args.map_or(true, |max| max >= d.min_args));
@@ -224,6 +268,7 @@ fn every_directive_applies() {
     std::fs::write(dir.join("ca.pem"), PEM).unwrap();
     std::fs::write(dir.join("eab.hmac"), format!("  {HMAC}\n")).unwrap();
     let root = dir.as_path();
+    #[rustfmt::skip]
     let lines: &[(&str, &[&str])] = &[
         ("ACMEDomain", &["Example.com", "*.example.com"]),
         ("ACMEDomain", &["other.example."]),
@@ -245,7 +290,7 @@ fn every_directive_applies() {
         ("ACMERoute53HostedZone", &["example.com", "/hostedzone/Z0123ABC"]),
         ("ACMERoute53HostedZone", &["example.org", "Z0456DEF"]),
         ("ACMEDNSResolver", &["192.0.2.53", "192.0.2.54:5353"]),
-        ("ACMEDNSResolver", &["2001:db8::53", "[2001:db8::54]:5353", "192.0.2.53"]),
+        ("ACMEDNSResolver", &["2001:db8::53", "[2001:db8::54]:5353", "192.0.2.53", "[2001:db8::53]"]),
         ("ACMEPropagationTimeout", &["90s"]),
         ("ACMEGracefulRestart", &["off"]),
         ("ACMERenewHook", &["bin/reload", "--all"]),
@@ -264,8 +309,12 @@ fn every_directive_applies() {
     }
     let expected = HostConfig {
         domains: vec![
-            DomainSet { names: vec!["example.com".into(), "*.example.com".into()] },
-            DomainSet { names: vec!["other.example".into()] },
+            DomainSet {
+                names: vec!["example.com".into(), "*.example.com".into()],
+            },
+            DomainSet {
+                names: vec!["other.example".into()],
+            },
         ],
         server: Some("https://localhost:14000/dir".into()),
         server_ca: Some(dir.join("ca.pem")),
@@ -274,7 +323,9 @@ fn every_directive_applies() {
         eab: Some(ExternalAccountBinding {
             kid: "kid-1".into(),
             hmac: Secret::new(
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(HMAC).unwrap(),
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(HMAC)
+                    .unwrap(),
             ),
         }),
         key_type: Some(KeyType::EcP384),
@@ -294,13 +345,21 @@ fn every_directive_applies() {
             ("example.com".into(), "Z0123ABC".into()),
             ("example.org".into(), "Z0456DEF".into()),
         ],
-        dns_resolvers: ["192.0.2.53:53", "192.0.2.54:5353", "[2001:db8::53]:53", "[2001:db8::54]:5353"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect(),
+        dns_resolvers: [
+            "192.0.2.53:53",
+            "192.0.2.54:5353",
+            "[2001:db8::53]:53",
+            "[2001:db8::54]:5353",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect(),
         propagation_timeout: Some(Duration::from_secs(90)),
         graceful_restart: Some(false),
-        renew_hook: Some(vec![dir.join("bin/reload").to_str().unwrap().into(), "--all".into()]),
+        renew_hook: Some(vec![
+            dir.join("bin/reload").to_str().unwrap().into(),
+            "--all".into(),
+        ]),
         profile: Some("shortlived".into()),
         ari: Some(false),
         status: Some(false),
@@ -331,7 +390,10 @@ fn small_value_rules() {
     let mut cfg = HostConfig::default();
     apply(&mut cfg, "ACMERoute53HostedZone", &["example.com", "Z1"]).unwrap();
     let err = apply(&mut cfg, "ACMERoute53HostedZone", &["Example.com", "Z2"]).unwrap_err();
-    assert_eq!(err.to_string(), "ACMERoute53HostedZone: the hosted zone for 'example.com' is pinned twice");
+    assert_eq!(
+        err.to_string(),
+        "ACMERoute53HostedZone: the hosted zone for 'example.com' is pinned twice"
+    );
 }
 
 #[test]
@@ -342,13 +404,25 @@ fn secrets_are_redacted() {
     ]);
     let settings = resolve(&cfg, &[], Path::new(ROOT)).unwrap();
     let eab = settings.eab.as_ref().unwrap();
-    assert_eq!(eab.hmac.expose(), base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(HMAC).unwrap());
+    assert_eq!(
+        eab.hmac.expose(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(HMAC)
+            .unwrap()
+    );
     assert_eq!(format!("{}", eab.hmac), "<redacted>");
-    for dump in [format!("{settings:?}"), format!("{settings:#?}"), format!("{cfg:?}")] {
+    for dump in [
+        format!("{settings:?}"),
+        format!("{settings:#?}"),
+        format!("{cfg:?}"),
+    ] {
         assert!(dump.contains("<redacted>"));
         assert!(!dump.contains(HMAC) && !dump.contains("c2VjcmV0"), "{dump}");
         // Nor the decoded bytes, as Debug would print a Vec<u8>.
-        assert!(!dump.contains(&format!("{:?}", eab.hmac.expose())), "{dump}");
+        assert!(
+            !dump.contains(&format!("{:?}", eab.hmac.expose())),
+            "{dump}"
+        );
     }
 }
 
@@ -362,8 +436,13 @@ fn merge_prefers_the_vhost_and_keeps_only_its_domains() {
         ("ACMEDNSResolver", &["192.0.2.53"]),
     ]);
     let mut vhost = HostConfig::default();
-    for (d, args) in [("ACMEDomain", ["www.example.org"]), ("ACMEKeyType", ["rsa4096"])] {
-        vhost.apply(d, &args, Scope::VirtualHost, Path::new(ROOT)).unwrap();
+    for (d, args) in [
+        ("ACMEDomain", ["www.example.org"]),
+        ("ACMEKeyType", ["rsa4096"]),
+    ] {
+        vhost
+            .apply(d, &args, Scope::VirtualHost, Path::new(ROOT))
+            .unwrap();
     }
     let merged = HostConfig::merge(&base, &vhost);
     assert_eq!(merged.domains, vhost.domains);
@@ -374,15 +453,28 @@ fn merge_prefers_the_vhost_and_keeps_only_its_domains() {
 
     // A vhost with nothing of its own gets everything but the domains.
     let merged = HostConfig::merge(&base, &HostConfig::default());
-    assert_eq!(merged, HostConfig { domains: vec![], ..base.clone() });
+    assert_eq!(
+        merged,
+        HostConfig {
+            domains: vec![],
+            ..base.clone()
+        }
+    );
     // Merging over an empty base changes nothing.
     assert_eq!(HostConfig::merge(&HostConfig::default(), &vhost), vhost);
 }
 
-fn vhost(name: &str, aliases: &[&str], ssl: bool, base: &HostConfig, own: &[(&str, &[&str])]) -> VirtualHostInfo {
+fn vhost(
+    name: &str,
+    aliases: &[&str],
+    ssl: bool,
+    base: &HostConfig,
+    own: &[(&str, &[&str])],
+) -> VirtualHostInfo {
     let mut cfg = HostConfig::default();
     for (d, args) in own {
-        cfg.apply(d, args, Scope::VirtualHost, Path::new(ROOT)).unwrap();
+        cfg.apply(d, args, Scope::VirtualHost, Path::new(ROOT))
+            .unwrap();
     }
     VirtualHostInfo {
         server_name: Some(name.to_string()),
@@ -425,7 +517,12 @@ fn resolve_applies_defaults() {
             warnings: vec![],
         }
     );
-    let s = resolve(&host(&[("ACMEServer", &["letsencrypt"])]), &[], Path::new(ROOT)).unwrap();
+    let s = resolve(
+        &host(&[("ACMEServer", &["letsencrypt"])]),
+        &[],
+        Path::new(ROOT),
+    )
+    .unwrap();
     assert_eq!(s.server, "https://acme-v02.api.letsencrypt.org/directory");
 }
 
@@ -441,10 +538,16 @@ fn resolve_builds_certificates_and_assigns_hosts() {
     let vhosts = [
         vhost("Example.com:443", &["www.example.com"], true, &main, &[]),
         vhost("shop.example.com", &[], true, &main, &[]),
-        vhost("example.org", &["www.example.org"], true, &main, &[
-            ("ACMEDomain", &["example.org", "www.example.org"]),
-            ("ACMERenewBefore", &["10d"]),
-        ]),
+        vhost(
+            "example.org",
+            &["www.example.org"],
+            true,
+            &main,
+            &[
+                ("ACMEDomain", &["example.org", "www.example.org"]),
+                ("ACMERenewBefore", &["10d"]),
+            ],
+        ),
         vhost("a.b.example.com", &[], true, &main, &[]), // not covered: one label only
         vhost("example.com", &[], false, &main, &[]),    // the port-80 twin: same name, once
     ];
@@ -508,14 +611,35 @@ fn resolve_rejects_a_name_in_two_lines() {
         "ACMEDomain: 'www.example.com' appears in two ACMEDomain lines (certificates 'example.com' and 'www.example.com')"
     );
     // The main server and a virtual host.
-    let vhosts = [vhost("www.example.com", &[], true, &main, &[("ACMEDomain", &["WWW.example.com"])])];
+    let vhosts = [vhost(
+        "www.example.com",
+        &[],
+        true,
+        &main,
+        &[("ACMEDomain", &["WWW.example.com"])],
+    )];
     let err = resolve(&main, &vhosts, Path::new(ROOT)).unwrap_err();
-    assert!(matches!(&err, ConfigError::DuplicateName { name, .. } if name == "www.example.com"), "{err}");
+    assert!(
+        matches!(&err, ConfigError::DuplicateName { name, .. } if name == "www.example.com"),
+        "{err}"
+    );
     // Two virtual hosts.
     let empty = HostConfig::default();
     let vhosts = [
-        vhost("a.example.org", &[], true, &empty, &[("ACMEDomain", &["a.example.org", "*.example.org"])]),
-        vhost("b.example.org", &[], true, &empty, &[("ACMEDomain", &["b.example.org", "*.example.org"])]),
+        vhost(
+            "a.example.org",
+            &[],
+            true,
+            &empty,
+            &[("ACMEDomain", &["a.example.org", "*.example.org"])],
+        ),
+        vhost(
+            "b.example.org",
+            &[],
+            true,
+            &empty,
+            &[("ACMEDomain", &["b.example.org", "*.example.org"])],
+        ),
     ];
     let err = resolve(&empty, &vhosts, Path::new(ROOT)).unwrap_err();
     assert_eq!(
@@ -523,14 +647,23 @@ fn resolve_rejects_a_name_in_two_lines() {
         "ACMEDomain: '*.example.org' appears in two ACMEDomain lines (certificates 'a.example.org' and 'b.example.org')"
     );
     // A wildcard and a name it covers are different names: fine.
-    let ok = host(&[("ACMEDomain", &["*.example.com"]), ("ACMEDomain", &["www.example.com"])]);
+    let ok = host(&[
+        ("ACMEDomain", &["*.example.com"]),
+        ("ACMEDomain", &["www.example.com"]),
+    ]);
     assert!(resolve(&ok, &[], Path::new(ROOT)).is_ok());
 }
 
 #[test]
 fn resolve_warns_about_likely_mistakes() {
     let main = HostConfig::default();
-    let vhosts = [vhost("www.example.com", &[], false, &main, &[("ACMEDomain", &["example.org"])])];
+    let vhosts = [vhost(
+        "www.example.com",
+        &[],
+        false,
+        &main,
+        &[("ACMEDomain", &["example.org"])],
+    )];
     let s = resolve(&main, &vhosts, Path::new(ROOT)).unwrap();
     let w = s.warnings.join("\n");
     assert!(w.contains("does not cover its ServerName"), "{w}");
@@ -540,7 +673,10 @@ fn resolve_warns_about_likely_mistakes() {
 
 #[test]
 fn file_stem_writes_the_wildcard_as_underscore() {
-    let cfg = host(&[("ACMEDomain", &["*.example.com", "example.com"]), ("ACMEDomain", &["example.org"])]);
+    let cfg = host(&[
+        ("ACMEDomain", &["*.example.com", "example.com"]),
+        ("ACMEDomain", &["example.org"]),
+    ]);
     let s = resolve(&cfg, &[], Path::new(ROOT)).unwrap();
     assert_eq!(s.certificates[0].name, "*.example.com");
     assert_eq!(s.certificates[0].file_stem(), "_.example.com");
@@ -552,14 +688,77 @@ fn renew_at() {
     let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let day = Duration::from_secs(86400);
     let na = nb + 90 * day;
-    assert_eq!(RenewBefore::Duration(30 * day).renew_at(nb, na), nb + 60 * day);
-    assert_eq!(RenewBefore::Percent(33).renew_at(nb, na), na - (90 * day).mul_f64(0.33));
+    assert_eq!(
+        RenewBefore::Duration(30 * day).renew_at(nb, na),
+        nb + 60 * day
+    );
+    assert_eq!(
+        RenewBefore::Percent(33).renew_at(nb, na),
+        na - (90 * day).mul_f64(0.33)
+    );
     assert_eq!(RenewBefore::Percent(50).renew_at(nb, na), nb + 45 * day);
     // A window longer than a 6-day certificate falls back to a third instead of looping.
     let short = nb + 6 * day;
-    assert_eq!(RenewBefore::Duration(30 * day).renew_at(nb, short), nb + 4 * day);
+    assert_eq!(
+        RenewBefore::Duration(30 * day).renew_at(nb, short),
+        nb + 4 * day
+    );
     // Nonsense dates: due now.
     assert_eq!(RenewBefore::default().renew_at(na, nb), na);
     assert_eq!(RenewBefore::Percent(33).to_string(), "33%");
     assert_eq!(RenewBefore::Duration(30 * day).to_string(), "30d");
+}
+
+/// Whatever the arguments, apply returns (no panic: a panic in a directive handler would abort
+/// httpd), and a failure leaves the config as it was.
+#[test]
+fn odd_arguments_never_panic() {
+    let odd = [
+        "",
+        " ",
+        "%",
+        "-",
+        ":",
+        "::",
+        "[",
+        "]",
+        "[]:",
+        "[::1",
+        "file:",
+        "file:/",
+        "mailto:",
+        "@",
+        "é",
+        "ü%",
+        "1é",
+        "*",
+        "*.",
+        ".",
+        "..",
+        "0",
+        "99999999999999999999999s",
+        "https://",
+        "http://[::1]:99999",
+        "arn:",
+        "/hostedzone/",
+        "\0",
+        "\u{0}",
+        "a\u{7f}b",
+    ];
+    let root = Path::new(ROOT);
+    for spec in DIRECTIVES {
+        let max = spec.max_args.unwrap_or(3);
+        for count in spec.min_args..=max {
+            for a in odd {
+                for scope in [Scope::Server, Scope::VirtualHost] {
+                    let args = vec![a; count];
+                    let mut cfg = HostConfig::default();
+                    if let Err(e) = cfg.apply(spec.name, &args, scope, root) {
+                        assert!(e.to_string().starts_with(spec.name), "{e}");
+                        assert_eq!(cfg, HostConfig::default());
+                    }
+                }
+            }
+        }
+    }
 }
