@@ -943,6 +943,14 @@ pub struct CertificateSpec {
     pub hosts: Vec<String>,
 }
 
+impl Settings {
+    /// The certificate serving a virtual host, by its ServerName (as Apache reports it).
+    pub fn certificate_for_host(&self, server_name: &str) -> Option<&CertificateSpec> {
+        let host = normalize_host(server_name);
+        self.certificates.iter().find(|c| c.hosts.contains(&host))
+    }
+}
+
 impl CertificateSpec {
     /// The store's file name stem: the name with a leading `*` written as `_` (lego's layout).
     pub fn file_stem(&self) -> String {
@@ -1048,11 +1056,20 @@ pub fn resolve(
     }
 
     // Hosts without an ACMEDomain of their own take the server-level certificate that covers
-    // the most of their names (ties: the one covering the ServerName, then the first).
+    // the most of their names (ties: the one covering the ServerName, then the first). A
+    // ServerName already served by a virtual host's own certificate (say, the port-80 twin of
+    // an SSL host) is left alone, so that each ServerName maps to one certificate.
+    let own: Vec<String> = certificates[server_level..]
+        .iter()
+        .flat_map(|c| c.hosts.iter().cloned())
+        .collect();
     for vhost in vhosts.iter().filter(|v| v.config.domains.is_empty()) {
         let Some(host) = vhost.server_name.as_deref().map(normalize_host) else {
             continue;
         };
+        if own.contains(&host) {
+            continue;
+        }
         let host_names: Vec<String> = std::iter::once(host.clone())
             .chain(vhost.aliases.iter().map(|a| normalize_host(a)))
             .collect();

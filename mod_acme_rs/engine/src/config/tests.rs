@@ -579,6 +579,15 @@ fn resolve_builds_certificates_and_assigns_hosts() {
             hosts: vec!["example.org".into()],
         }
     );
+    assert_eq!(
+        s.certificate_for_host("SHOP.example.com").unwrap().name,
+        "example.com"
+    );
+    assert_eq!(
+        s.certificate_for_host("example.org:443").unwrap().name,
+        "example.org"
+    );
+    assert!(s.certificate_for_host("a.b.example.com").is_none());
     // example.net serves nobody: worth a warning, not an error.
     assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
     assert!(s.warnings[0].contains("'example.net' covers no virtual host"));
@@ -761,4 +770,32 @@ fn odd_arguments_never_panic() {
             }
         }
     }
+}
+
+#[test]
+fn a_vhost_certificate_keeps_its_server_name() {
+    // The port-80 twin of an SSL host with its own ACMEDomain does not pull the ServerName
+    // into a server-level certificate too.
+    let main = host(&[
+        ("ACMEDomain", &["*.example.com"]),
+        ("ACMEAcceptTOS", &["on"]),
+    ]);
+    let vhosts = [
+        vhost("www.example.com", &[], false, &main, &[]),
+        vhost(
+            "www.example.com",
+            &[],
+            true,
+            &main,
+            &[("ACMEDomain", &["www.example.com"])],
+        ),
+        vhost("api.example.com", &[], true, &main, &[]),
+    ];
+    let s = resolve(&main, &vhosts, Path::new(ROOT)).unwrap();
+    assert_eq!(s.certificates[0].hosts, ["api.example.com"]);
+    assert_eq!(s.certificates[1].hosts, ["www.example.com"]);
+    assert_eq!(
+        s.certificate_for_host("www.example.com").unwrap().name,
+        "www.example.com"
+    );
 }
