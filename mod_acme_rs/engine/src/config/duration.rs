@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Why a string is not a duration. The Display text completes "'<value>' is not a valid duration: ...".
+/// Why a string is not a duration. The Display text completes `'<value>' is not a valid duration: ...`.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 /// Why a string is not a name a certificate can be ordered for with DNS-01.
 ///
-/// The Display text completes "'<name>' is not a valid DNS name: ...".
+/// The Display text completes `'<name>' is not a valid DNS name: ...`.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
