@@ -136,7 +136,7 @@ impl Apache {
             let conf_path = write_server_root(dir.path(), http_port, https_port, &opts)?;
             let mut cmd = Command::new(APACHE2);
             cmd.arg("-DFOREGROUND").arg("-f").arg(&conf_path);
-            let mut child = ChildGuard::spawn("apache2", cmd, &dir.join("logs/stdout.log"))?;
+            let mut child = ChildGuard::spawn_group("apache2", cmd, &dir.join("logs/stdout.log"))?;
             // SIGTERM makes Apache stop its children, which takes a moment.
             child.set_grace(Duration::from_secs(10));
             let mut apache = Apache { child, http_port, https_port, conf_path, dir };
@@ -265,12 +265,9 @@ impl Apache {
             return self.child.try_wait().is_some_and(|s| s.success());
         }
         let _ = Command::new(APACHE2).arg("-f").arg(&self.conf_path).args(["-k", "stop"]).output();
-        match self.child.wait_timeout(Duration::from_secs(30)) {
-            Some(status) => status.success(),
-            None => {
-                self.child.stop();
-                false
-            }
-        }
+        let clean = self.child.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success());
+        // Kills the parent if it is still there, and any worker it left behind.
+        self.child.stop();
+        clean
     }
 }

@@ -126,3 +126,29 @@ fn apache_check_config_reports_errors() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("NoSuchDirective"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn testdns_binary_serves_moto_zones() {
+    let moto = acme_rs_stack::Moto::start().await.unwrap();
+    moto.admin().create_zone("bin.test").await.unwrap();
+    let dir = acme_rs_stack::TestDir::new("testdns-bin").unwrap();
+    let port = acme_rs_stack::free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_acme-rs-testdns"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--route53", &moto.endpoint()]);
+    let mut child = acme_rs_stack::ChildGuard::spawn("acme-rs-testdns", cmd, &dir.join("dns.log")).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut last = None;
+    for _ in 0..50 {
+        child.ensure_running().unwrap();
+        match dns_query(addr, "bin.test", RecordType::SOA, false).await {
+            Ok(m) => {
+                last = Some(m);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let soa = last.expect("the binary answers");
+    assert_eq!(soa.metadata.response_code, ResponseCode::NoError);
+    assert!(soa.metadata.authoritative);
+}
