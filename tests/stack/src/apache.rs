@@ -23,6 +23,28 @@ pub struct ApacheOptions {
     pub extra_conf: String,
 }
 
+impl ApacheOptions {
+    /// `extra_conf` for the module under test: LoadModule `so` and append `conf`.
+    pub fn with_module(so: impl Into<PathBuf>, conf: impl Into<String>) -> ApacheOptions {
+        ApacheOptions { module: Some(so.into()), extra_conf: conf.into() }
+    }
+}
+
+/// A `<VirtualHost 127.0.0.1:${HTTPS_PORT}>` with `SSLEngine on`, `ServerName name`,
+/// `ServerAlias` for `aliases` (if any) and `body` inside, for [`ApacheOptions::extra_conf`].
+pub fn ssl_vhost(name: &str, aliases: &[&str], body: &str) -> String {
+    let mut v = format!("<VirtualHost 127.0.0.1:${{HTTPS_PORT}}>\n    ServerName {name}\n");
+    if !aliases.is_empty() {
+        v.push_str(&format!("    ServerAlias {}\n", aliases.join(" ")));
+    }
+    v.push_str("    SSLEngine on\n");
+    for line in body.lines() {
+        v.push_str(&format!("    {line}\n"));
+    }
+    v.push_str("</VirtualHost>\n");
+    v
+}
+
 /// A running Apache in the foreground (`-DFOREGROUND`), as root, with its own ServerRoot in a
 /// temporary directory. Stopped on drop.
 pub struct Apache {

@@ -152,3 +152,25 @@ async fn testdns_binary_serves_moto_zones() {
     assert_eq!(soa.metadata.response_code, ResponseCode::NoError);
     assert!(soa.metadata.authoritative);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apache_serves_a_given_certificate_over_https() {
+    let (ca, leaf, key) = acme_rs_stack::pebble::make_tls_cert().unwrap();
+    let dir = acme_rs_stack::TestDir::new("certs").unwrap();
+    std::fs::write(dir.join("cert.pem"), &leaf).unwrap();
+    std::fs::write(dir.join("key.pem"), &key).unwrap();
+    let body = format!(
+        "SSLCertificateFile {}\nSSLCertificateKeyFile {}\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    );
+    let opts = ApacheOptions { extra_conf: acme_rs_stack::ssl_vhost("localhost", &["www.localhost"], &body), ..Default::default() };
+    let apache = Apache::start(opts).await.unwrap();
+    let resp = apache.https_get("localhost", "/").await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.contains("acme_rs_stack"));
+    assert_eq!(resp.chain_pem().trim(), leaf.trim());
+    assert_ne!(ca, leaf);
+    let chain = apache.served_chain("www.localhost").await.unwrap();
+    assert_eq!(chain, resp.chain);
+}
