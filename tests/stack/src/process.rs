@@ -268,9 +268,7 @@ impl ChildGuard {
     /// SIGTERM, then SIGKILL after the grace period; reaps the process and returns its status.
     /// For a group ([`ChildGuard::spawn_group`]), whatever is left of the group is then killed.
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        if self.child.is_none() {
-            return None;
-        }
+        self.child.as_ref()?;
         self.stop_leader();
         if let Some(mut wd) = self.watchdog.take() {
             // SAFETY: kill(2) on the group we created; the watchdog (our child, not yet reaped)
