@@ -23,6 +23,28 @@ pub struct ApacheOptions {
     pub extra_conf: String,
 }
 
+impl ApacheOptions {
+    /// `extra_conf` for the module under test: LoadModule `so` and append `conf`.
+    pub fn with_module(so: impl Into<PathBuf>, conf: impl Into<String>) -> ApacheOptions {
+        ApacheOptions { module: Some(so.into()), extra_conf: conf.into() }
+    }
+}
+
+/// A `<VirtualHost 127.0.0.1:${HTTPS_PORT}>` with `SSLEngine on`, `ServerName name`,
+/// `ServerAlias` for `aliases` (if any) and `body` inside, for [`ApacheOptions::extra_conf`].
+pub fn ssl_vhost(name: &str, aliases: &[&str], body: &str) -> String {
+    let mut v = format!("<VirtualHost 127.0.0.1:${{HTTPS_PORT}}>\n    ServerName {name}\n");
+    if !aliases.is_empty() {
+        v.push_str(&format!("    ServerAlias {}\n", aliases.join(" ")));
+    }
+    v.push_str("    SSLEngine on\n");
+    for line in body.lines() {
+        v.push_str(&format!("    {line}\n"));
+    }
+    v.push_str("</VirtualHost>\n");
+    v
+}
+
 /// A running Apache in the foreground (`-DFOREGROUND`), as root, with its own ServerRoot in a
 /// temporary directory. Stopped on drop.
 pub struct Apache {
@@ -136,7 +158,7 @@ impl Apache {
             let conf_path = write_server_root(dir.path(), http_port, https_port, &opts)?;
             let mut cmd = Command::new(APACHE2);
             cmd.arg("-DFOREGROUND").arg("-f").arg(&conf_path);
-            let mut child = ChildGuard::spawn("apache2", cmd, &dir.join("logs/stdout.log"))?;
+            let mut child = ChildGuard::spawn_group("apache2", cmd, &dir.join("logs/stdout.log"))?;
             // SIGTERM makes Apache stop its children, which takes a moment.
             child.set_grace(Duration::from_secs(10));
             let mut apache = Apache { child, http_port, https_port, conf_path, dir };
@@ -265,12 +287,9 @@ impl Apache {
             return self.child.try_wait().is_some_and(|s| s.success());
         }
         let _ = Command::new(APACHE2).arg("-f").arg(&self.conf_path).args(["-k", "stop"]).output();
-        match self.child.wait_timeout(Duration::from_secs(30)) {
-            Some(status) => status.success(),
-            None => {
-                self.child.stop();
-                false
-            }
-        }
+        let clean = self.child.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success());
+        // Kills the parent if it is still there, and any worker it left behind.
+        self.child.stop();
+        clean
     }
 }

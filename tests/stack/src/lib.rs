@@ -12,6 +12,24 @@
 //! test panics) and gets `PR_SET_PDEATHSIG(SIGKILL)`, so nothing outlives the test process.
 //! Every part has its own temporary directory ([`TestDir`]) that is removed on drop, unless
 //! `ACME_RS_KEEP_TMP=1` is set.
+//!
+//! Things worth knowing about the parts:
+//! - Pebble 2.4.0 keeps nothing across a restart: accounts, orders and its ACME CA keys (so
+//!   [`Pebble::issuer_roots_pem`]) change. It rejects 5 % of nonces (`PEBBLE_WFE_NONCEREJECT` is
+//!   left at its default). [`Stack::start`] sets `PEBBLE_VA_NOSLEEP=1`; use
+//!   [`Stack::start_with`] for Pebble's random validation delays. Its config needs `httpPort` and
+//!   `tlsPort` even for DNS-01 only: they get free ports that nothing listens on.
+//! - moto accepts any credentials; zone ids come back as `/hostedzone/ID` (stripped here), names
+//!   are absolute, TXT values quoted. `moto_server` on PATH is a pyenv shim: it takes about a
+//!   second to answer.
+//! - The DNS server reads the API on every query (two API calls): nothing is cached, so what was
+//!   just written is what Pebble sees. SOA/NS at the apex are its own (`ns1.<zone>` = 127.0.0.1),
+//!   not moto's AWS-looking ones.
+//! - Apache runs as root with `User www-data`: its temporary ServerRoot is 0755. Its workers do not
+//!   die with their parent, so it runs in a process group of its own that a watchdog kills if the
+//!   test process dies ([`ChildGuard::spawn_group`]).
+//! - Checked once by hand against certbot 5.8 (`--dns-route53` through moto, EAB): apex +
+//!   wildcard issued in about 5 s.
 
 pub mod apache;
 pub mod dns;
@@ -21,7 +39,7 @@ pub mod pebble;
 pub mod process;
 pub mod stack;
 
-pub use apache::{Apache, ApacheOptions};
+pub use apache::{ssl_vhost, Apache, ApacheOptions};
 pub use dns::{dns_query, DnsServer};
 pub use http::{fetch_served_chain, http_get, https_get, HttpsResponse};
 pub use moto::{Moto, Route53Admin};

@@ -92,6 +92,8 @@ pub struct ChildGuard {
     log_path: PathBuf,
     grace: Duration,
     status: Option<ExitStatus>,
+    /// For [`ChildGuard::spawn_group`]: the watchdog that kills the group if we die.
+    watchdog: Option<Child>,
 }
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
@@ -120,7 +122,21 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
 
 impl ChildGuard {
     /// Spawns `cmd` with stdin from /dev/null and stdout+stderr appended to `log_path`.
-    pub fn spawn(name: &str, mut cmd: Command, log_path: &Path) -> Result<ChildGuard> {
+    pub fn spawn(name: &str, cmd: Command, log_path: &Path) -> Result<ChildGuard> {
+        Self::spawn_inner(name, cmd, log_path, false)
+    }
+
+    /// Like [`ChildGuard::spawn`], for a program that forks children of its own (Apache): it
+    /// runs in a process group of its own, which is killed whole when the guard stops it.
+    ///
+    /// `PR_SET_PDEATHSIG` is not inherited by grandchildren, and Apache's workers outlive a
+    /// killed parent (holding its ports), so a small watchdog (`sh`, in the same group) kills
+    /// the group if the test process dies without dropping the guard.
+    pub fn spawn_group(name: &str, cmd: Command, log_path: &Path) -> Result<ChildGuard> {
+        Self::spawn_inner(name, cmd, log_path, true)
+    }
+
+    fn spawn_inner(name: &str, mut cmd: Command, log_path: &Path, group: bool) -> Result<ChildGuard> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -129,9 +145,12 @@ impl ChildGuard {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // SAFETY: prctl and setpgid are async-signal-safe; nothing else runs between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if group && libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -139,19 +158,40 @@ impl ChildGuard {
             });
         }
         let program = format!("{:?}", cmd.get_program());
-        let (tx, rx) = mpsc::channel();
-        spawner().lock().unwrap().send((cmd, tx)).expect("spawner thread gone");
-        let child = rx
-            .recv()
-            .expect("spawner thread gone")
-            .with_context(|| format!("starting {name} ({program})"))?;
-        Ok(ChildGuard {
+        let child = spawn_from_spawner(cmd).with_context(|| format!("starting {name} ({program})"))?;
+        let mut guard = ChildGuard {
             name: name.to_string(),
             child: Some(child),
             log_path: log_path.to_path_buf(),
             grace: Duration::from_secs(3),
             status: None,
-        })
+            watchdog: None,
+        };
+        if group {
+            let pgid = guard.pid() as libc::pid_t;
+            let mut wd = Command::new("/bin/sh");
+            // Polls the test process; once it is gone, kills the whole group (itself included).
+            // (dash's kill takes `-9 -PGID`, not `-KILL -- -PGID`.)
+            wd.arg("-c")
+                .arg(format!(
+                    "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 -{pgid}",
+                    me = std::process::id()
+                ))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // SAFETY: setpgid is async-signal-safe.
+            unsafe {
+                wd.pre_exec(move || {
+                    if libc::setpgid(0, pgid) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            guard.watchdog = Some(spawn_from_spawner(wd).context("starting the process-group watchdog")?);
+        }
+        Ok(guard)
     }
 
     /// How long `stop` waits after SIGTERM before SIGKILL (default 3 s).
@@ -226,10 +266,22 @@ impl ChildGuard {
     }
 
     /// SIGTERM, then SIGKILL after the grace period; reaps the process and returns its status.
+    /// For a group ([`ChildGuard::spawn_group`]), whatever is left of the group is then killed.
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        if self.child.is_none() {
-            return None;
+        self.child.as_ref()?;
+        self.stop_leader();
+        if let Some(mut wd) = self.watchdog.take() {
+            // SAFETY: kill(2) on the group we created; the watchdog (our child, not yet reaped)
+            // keeps the group id from being reused.
+            unsafe {
+                libc::kill(-(self.pid() as libc::pid_t), libc::SIGKILL);
+            }
+            let _ = wd.wait();
         }
+        self.status
+    }
+
+    fn stop_leader(&mut self) {
         if self.try_wait().is_none() {
             self.signal(libc::SIGTERM);
             if self.wait_timeout(self.grace).is_none() {
@@ -239,7 +291,6 @@ impl ChildGuard {
                 }
             }
         }
-        self.status
     }
 }
 
@@ -247,6 +298,12 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn spawn_from_spawner(cmd: Command) -> std::io::Result<Child> {
+    let (tx, rx) = mpsc::channel();
+    spawner().lock().unwrap().send((cmd, tx)).expect("spawner thread gone");
+    rx.recv().expect("spawner thread gone")
 }
 
 /// Writes `contents` to `path` (creating or truncating it).

@@ -126,3 +126,51 @@ fn apache_check_config_reports_errors() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("NoSuchDirective"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn testdns_binary_serves_moto_zones() {
+    let moto = acme_rs_stack::Moto::start().await.unwrap();
+    moto.admin().create_zone("bin.test").await.unwrap();
+    let dir = acme_rs_stack::TestDir::new("testdns-bin").unwrap();
+    let port = acme_rs_stack::free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_acme-rs-testdns"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--route53", &moto.endpoint()]);
+    let mut child = acme_rs_stack::ChildGuard::spawn("acme-rs-testdns", cmd, &dir.join("dns.log")).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut last = None;
+    for _ in 0..50 {
+        child.ensure_running().unwrap();
+        match dns_query(addr, "bin.test", RecordType::SOA, false).await {
+            Ok(m) => {
+                last = Some(m);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let soa = last.expect("the binary answers");
+    assert_eq!(soa.metadata.response_code, ResponseCode::NoError);
+    assert!(soa.metadata.authoritative);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apache_serves_a_given_certificate_over_https() {
+    let (ca, leaf, key) = acme_rs_stack::pebble::make_tls_cert().unwrap();
+    let dir = acme_rs_stack::TestDir::new("certs").unwrap();
+    std::fs::write(dir.join("cert.pem"), &leaf).unwrap();
+    std::fs::write(dir.join("key.pem"), &key).unwrap();
+    let body = format!(
+        "SSLCertificateFile {}\nSSLCertificateKeyFile {}\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    );
+    let opts = ApacheOptions { extra_conf: acme_rs_stack::ssl_vhost("localhost", &["www.localhost"], &body), ..Default::default() };
+    let apache = Apache::start(opts).await.unwrap();
+    let resp = apache.https_get("localhost", "/").await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.contains("acme_rs_stack"));
+    assert_eq!(resp.chain_pem().trim(), leaf.trim());
+    assert_ne!(ca, leaf);
+    let chain = apache.served_chain("www.localhost").await.unwrap();
+    assert_eq!(chain, resp.chain);
+}
