@@ -47,6 +47,7 @@ fn main() {
         .allowlist_function("ap_get_module_config")
         .allowlist_function("ap_state_query")
         .allowlist_function("ap_mpm_query")
+        .allowlist_function("ap_exists_config_define")
         .allowlist_function("ap_server_root_relative")
         .allowlist_function("ap_rputs")
         .allowlist_function("ap_rwrite")
@@ -58,6 +59,7 @@ fn main() {
         .allowlist_function("apr_pool_cleanup_register")
         .allowlist_function("apr_pool_cleanup_null")
         .allowlist_function("apr_array_push")
+        .allowlist_function("apr_pool_cleanup_kill")
         .allowlist_function("apr_optional_hook_add")
         // Constants (macros with integer values).
         .allowlist_var("MODULE_MAGIC_(NUMBER_MAJOR|NUMBER_MINOR|COOKIE)")

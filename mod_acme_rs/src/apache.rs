@@ -70,6 +70,54 @@ fn to_cstring(s: &str) -> CString {
     CString::new(s.replace('\0', "\\0")).unwrap_or_default()
 }
 
+/// The main server of the current configuration generation, for log lines written by the
+/// renewal thread. Set in post_config, cleared by a pconf cleanup before httpd frees it; the
+/// lock makes the clearing wait for a log call in progress.
+static LOG_SERVER: std::sync::RwLock<Option<ServerPtr>> = std::sync::RwLock::new(None);
+
+#[derive(Clone, Copy)]
+struct ServerPtr(*const ffi::server_rec);
+// SAFETY: only dereferenced by ap_log_error_ while LOG_SERVER's lock guarantees it is live.
+unsafe impl Send for ServerPtr {}
+unsafe impl Sync for ServerPtr {}
+
+/// This module's effective log level on the main server (`LogLevel acme_rs:...`), for
+/// filtering lines from other threads cheaply.
+static LOG_LEVEL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(ffi::APLOG_WARNING as i32);
+
+/// Makes `main` the server that lines from other threads are logged against, until `pconf`
+/// is cleared (restart or stop).
+pub fn set_log_server(main: Server, pconf: Pool) {
+    let level = main.raw.log.module_levels;
+    // SAFETY: module_levels, when set, has an entry per module index.
+    let module_level = unsafe {
+        (!level.is_null() && module_index() >= 0)
+            .then(|| *level.add(module_index() as usize) as c_int)
+            .filter(|l| *l >= 0)
+    };
+    LOG_LEVEL.store(module_level.unwrap_or(main.raw.log.level), std::sync::atomic::Ordering::Relaxed);
+    *LOG_SERVER.write().unwrap_or_else(|e| e.into_inner()) = Some(ServerPtr(main.raw));
+    pconf.on_cleanup(|| *LOG_SERVER.write().unwrap_or_else(|e| e.into_inner()) = None);
+}
+
+/// Whether a line at `level` from another thread would be logged.
+pub fn log_enabled(level: Level) -> bool {
+    level.aplog() <= LOG_LEVEL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Logs from any thread against the current main server (see [`set_log_server`]).
+#[track_caller]
+pub fn log_from_thread(level: Level, msg: &str) {
+    let server = LOG_SERVER.read().unwrap_or_else(|e| e.into_inner());
+    match *server {
+        // SAFETY: the read lock keeps the pconf cleanup from clearing (and httpd from freeing)
+        // the server_rec during the call.
+        Some(ServerPtr(raw)) => log_flags(unsafe { Server::from_raw(raw) }.as_ref(), level.aplog(), msg),
+        // Between generations: httpd's stderr log, which outlives restarts.
+        None => log_flags(None, level.aplog(), msg),
+    }
+}
+
 /// Logs `msg` to the error log of `server` (or the main log), honouring `LogLevel acme_rs:...`.
 #[track_caller]
 pub fn log(server: Option<&Server>, level: Level, msg: &str) {
@@ -153,6 +201,107 @@ pub fn main_state() -> MainState {
     }
 }
 
+/// Runs `f` with every signal blocked in the calling thread. Threads created inside inherit
+/// that mask, so signals keep going to httpd's main thread (whose handlers are installed
+/// without SA_RESTART) and our syscalls never see EINTR.
+pub fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(libc::sigset_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the mask saved below.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, ptr::null_mut()) };
+        }
+    }
+    // SAFETY: plain libc signal-mask calls on zero-initialised sets.
+    let _restore = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        Restore(old)
+    };
+    f()
+}
+
+/// Whether httpd may be asked to restart gracefully now: the MPM is running (not starting,
+/// not stopping) and httpd is not in single-process debug mode (`-X`), where SIGUSR1 is not
+/// caught and would kill it.
+pub fn graceful_restart_possible() -> bool {
+    let mut state: c_int = 0;
+    // SAFETY: plain queries; the MPM state is a word the parent's main thread updates.
+    unsafe {
+        ffi::ap_mpm_query(ffi::AP_MPMQ_MPM_STATE as c_int, &mut state) == 0
+            && state == ffi::AP_MPMQ_RUNNING as c_int
+            && ffi::ap_exists_config_define(c"ONE_PROCESS".as_ptr()) == 0
+    }
+}
+
+/// Asks httpd for a graceful restart (AP_SIG_GRACEFUL to our own process). kill, not raise:
+/// raise would target the calling thread, which blocks all signals.
+pub fn signal_graceful_restart() -> std::io::Result<()> {
+    // SAFETY: sending a signal to our own pid.
+    if unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A pool httpd handed us; lives as long as httpd says.
+#[derive(Clone, Copy)]
+pub struct Pool {
+    raw: *mut ffi::apr_pool_t,
+}
+
+type Cleanup = Box<dyn FnOnce() + Send>;
+
+unsafe extern "C" fn run_cleanup(data: *mut c_void) -> ffi::apr_status_t {
+    guard("pool cleanup", 0, || {
+        // SAFETY: `data` came from Box::into_raw in Pool::on_cleanup and runs once.
+        let f = unsafe { Box::from_raw(data as *mut Cleanup) };
+        f();
+        0
+    })
+}
+
+impl Pool {
+    /// Runs `f` when the pool is cleared or destroyed (last registered, first run).
+    pub fn on_cleanup(self, f: impl FnOnce() + Send + 'static) {
+        let data = Box::into_raw(Box::new(Box::new(f) as Cleanup)) as *mut c_void;
+        // SAFETY: the pool is live; the cleanup owns `data`.
+        unsafe {
+            ffi::apr_pool_cleanup_register(self.raw, data, Some(run_cleanup), Some(ffi::apr_pool_cleanup_null))
+        };
+    }
+}
+
+/// The certificate and key file lists mod_ssl passes to its `ssl_add_*cert_files` hooks.
+pub struct CertFiles {
+    pool: *mut ffi::apr_pool_t,
+    certs: *mut ffi::apr_array_header_t,
+    keys: *mut ffi::apr_array_header_t,
+}
+
+impl CertFiles {
+    pub fn is_empty(&self) -> bool {
+        // SAFETY: mod_ssl passes live arrays.
+        unsafe { self.certs.as_ref().is_none_or(|a| a.nelts == 0) }
+    }
+
+    pub fn push(&mut self, cert: &std::path::Path, key: &std::path::Path) {
+        fn push_path(pool: *mut ffi::apr_pool_t, arr: *mut ffi::apr_array_header_t, path: &std::path::Path) {
+            let c = to_cstring(&path.to_string_lossy());
+            // SAFETY: the array holds `const char *` elements allocated in `pool`.
+            unsafe {
+                let slot = ffi::apr_array_push(arr) as *mut *const c_char;
+                *slot = ffi::apr_pstrdup(pool, c.as_ptr());
+            }
+        }
+        push_path(self.pool, self.certs, cert);
+        push_path(self.pool, self.keys, key);
+    }
+}
+
 /// A virtual host (or the main server) as httpd configured it.
 #[derive(Clone, Copy)]
 pub struct Server<'a> {
@@ -183,12 +332,6 @@ impl<'a> Server<'a> {
             names.extend(string_array(self.raw.wild_names));
             names
         }
-    }
-
-    /// Where the host was defined ("file:line"), for messages.
-    pub fn defined_at(&self) -> Option<String> {
-        // SAFETY: as above.
-        unsafe { cstr_opt(self.raw.defn_name) }.map(|f| format!("{f}:{}", self.raw.defn_line_number))
     }
 
     /// This module's configuration of the host.
@@ -329,6 +472,14 @@ pub mod callbacks {
             ffi::ap_hook_pre_config(Some(pre_config), ptr::null(), ptr::null(), middle);
             ffi::ap_hook_check_config(Some(check_config), ptr::null(), ptr::null(), middle);
             ffi::ap_hook_post_config(Some(post_config), ptr::null(), ptr::null(), middle);
+            // Only the core flavour of mod_ssl's hooks (http_ssl.h): mod_ssl runs both.
+            ffi::ap_hook_ssl_add_cert_files(Some(ssl_add_cert_files), ptr::null(), ptr::null(), middle);
+            ffi::ap_hook_ssl_add_fallback_cert_files(
+                Some(ssl_add_fallback_cert_files),
+                ptr::null(),
+                ptr::null(),
+                middle,
+            );
         })
     }
 
@@ -362,16 +513,42 @@ pub mod callbacks {
     }
 
     unsafe extern "C" fn post_config(
-        _pconf: *mut ffi::apr_pool_t,
+        pconf: *mut ffi::apr_pool_t,
         _plog: *mut ffi::apr_pool_t,
         _ptemp: *mut ffi::apr_pool_t,
         s: *mut ffi::server_rec,
     ) -> c_int {
         guard("post_config", OK, || unsafe {
             if let Some(main) = Server::from_raw(s) {
-                module::post_config(main);
+                module::post_config(main, Pool { raw: pconf });
             }
             OK
+        })
+    }
+
+    unsafe extern "C" fn ssl_add_cert_files(
+        s: *mut ffi::server_rec,
+        p: *mut ffi::apr_pool_t,
+        certs: *mut ffi::apr_array_header_t,
+        keys: *mut ffi::apr_array_header_t,
+    ) -> c_int {
+        guard("ssl_add_cert_files", DECLINED, || unsafe {
+            let Some(server) = Server::from_raw(s) else { return DECLINED };
+            let mut files = CertFiles { pool: p, certs, keys };
+            if module::add_cert_files(server, &mut files) { OK } else { DECLINED }
+        })
+    }
+
+    unsafe extern "C" fn ssl_add_fallback_cert_files(
+        s: *mut ffi::server_rec,
+        p: *mut ffi::apr_pool_t,
+        certs: *mut ffi::apr_array_header_t,
+        keys: *mut ffi::apr_array_header_t,
+    ) -> c_int {
+        guard("ssl_add_fallback_cert_files", DECLINED, || unsafe {
+            let Some(server) = Server::from_raw(s) else { return DECLINED };
+            let mut files = CertFiles { pool: p, certs, keys };
+            if module::add_fallback_cert_files(server, &mut files) { OK } else { DECLINED }
         })
     }
 }

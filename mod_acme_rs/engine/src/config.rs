@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -185,58 +184,8 @@ fn invalid(directive: &'static str, problem: impl Into<String>) -> ConfigError {
 // Value types
 // ---------------------------------------------------------------------------------------------
 
-/// Certificate key type, spelled as in `ACMEKeyType`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum KeyType {
-    #[default]
-    Rsa2048,
-    Rsa3072,
-    Rsa4096,
-    EcP256,
-    EcP384,
-}
-
-impl KeyType {
-    pub const ALL: [KeyType; 5] = [
-        KeyType::Rsa2048,
-        KeyType::Rsa3072,
-        KeyType::Rsa4096,
-        KeyType::EcP256,
-        KeyType::EcP384,
-    ];
-
-    /// The directive spelling: `rsa2048`, ..., `ec384`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyType::Rsa2048 => "rsa2048",
-            KeyType::Rsa3072 => "rsa3072",
-            KeyType::Rsa4096 => "rsa4096",
-            KeyType::EcP256 => "ec256",
-            KeyType::EcP384 => "ec384",
-        }
-    }
-}
-
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An unknown `ACMEKeyType` value.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown key type '{0}' (expected rsa2048, rsa3072, rsa4096, ec256 or ec384)")]
-pub struct UnknownKeyType(pub String);
-
-impl FromStr for KeyType {
-    type Err = UnknownKeyType;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        KeyType::ALL
-            .into_iter()
-            .find(|k| k.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| UnknownKeyType(s.to_string()))
-    }
-}
+/// Certificate key type, spelled as in `ACMEKeyType`: the one the keys module generates.
+pub use crate::keys::{KeyType, UnknownKeyType};
 
 /// When to renew: a fixed time before expiry, or a share of the lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -386,6 +386,17 @@ impl Store {
         Ok(dir)
     }
 
+    /// Where the account for the CA at `directory_url` is kept: one file per directory URL, so
+    /// switching ACMEServer never reuses (or overwrites) another CA's account.
+    pub fn account_path(&self, directory_url: &str) -> Result<PathBuf, StoreError> {
+        let file: String = directory_url
+            .trim_start_matches("https://")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .collect();
+        Ok(self.subdir("accounts")?.join(format!("{file}.json")))
+    }
+
     /// The lego-compatible paths of certificate `name`.
     pub fn cert_paths(&self, name: &str) -> CertPaths {
         let dir = self.root.join("certificates");

@@ -11,6 +11,19 @@ use crate::process::{free_port, set_mode, write_file, ChildGuard, TestDir};
 pub const APACHE2: &str = "/usr/sbin/apache2";
 pub const MODULES_DIR: &str = "/usr/lib/apache2/modules";
 
+/// The module under test: `$MOD_ACME_RS_SO`, or `libmod_acme_rs.so` of the cargo profile the
+/// running test was built with (tests live in `<target>/<profile>/deps/`).
+pub fn module_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("MOD_ACME_RS_SO") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("<target>/<profile>/deps/<test>");
+    let so = profile_dir.join("libmod_acme_rs.so");
+    assert!(so.is_file(), "{} is missing: build it first (make build)", so.display());
+    so
+}
+
 /// What to add to the generated httpd.conf.
 #[derive(Clone, Debug, Default)]
 pub struct ApacheOptions {

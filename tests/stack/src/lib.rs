@@ -39,7 +39,7 @@ pub mod pebble;
 pub mod process;
 pub mod stack;
 
-pub use apache::{ssl_vhost, Apache, ApacheOptions};
+pub use apache::{module_path, ssl_vhost, Apache, ApacheOptions};
 pub use dns::{dns_query, DnsServer};
 pub use http::{fetch_served_chain, http_get, https_get, HttpsResponse};
 pub use moto::{Moto, Route53Admin};
