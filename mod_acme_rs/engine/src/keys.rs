@@ -97,7 +97,7 @@ impl fmt::Display for KeyType {
 
 /// The error of `KeyType::from_str`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown key type {0:?}: expected one of rsa2048, rsa3072, rsa4096, ec256, ec384")]
+#[error("unknown key type '{0}' (expected rsa2048, rsa3072, rsa4096, ec256 or ec384)")]
 pub struct UnknownKeyType(pub String);
 
 impl FromStr for KeyType {
