@@ -108,14 +108,18 @@ pub fn log_enabled(level: Level) -> bool {
 /// Logs from any thread against the current main server (see [`set_log_server`]).
 #[track_caller]
 pub fn log_from_thread(level: Level, msg: &str) {
+    let caller = std::panic::Location::caller();
+    log_from_thread_at(level, msg, caller.file(), caller.line());
+}
+
+/// [`log_from_thread`] with the source location given (for records from the engine).
+pub fn log_from_thread_at(level: Level, msg: &str, file: &str, line: u32) {
     let server = LOG_SERVER.read().unwrap_or_else(|e| e.into_inner());
-    match *server {
-        // SAFETY: the read lock keeps the pconf cleanup from clearing (and httpd from freeing)
-        // the server_rec during the call.
-        Some(ServerPtr(raw)) => log_flags(unsafe { Server::from_raw(raw) }.as_ref(), level.aplog(), msg),
-        // Between generations: httpd's stderr log, which outlives restarts.
-        None => log_flags(None, level.aplog(), msg),
-    }
+    // SAFETY: the read lock keeps the pconf cleanup from clearing (and httpd from freeing) the
+    // server_rec during the call. Between generations (None): httpd's stderr log, which
+    // outlives restarts.
+    let server = server.and_then(|ServerPtr(raw)| unsafe { Server::from_raw(raw) });
+    log_raw(server.as_ref(), level.aplog(), msg, file, line);
 }
 
 /// Logs `msg` to the error log of `server` (or the main log), honouring `LogLevel acme_rs:...`.
@@ -134,14 +138,18 @@ pub fn log_startup(level: Level, msg: &str) {
 #[track_caller]
 fn log_flags(server: Option<&Server>, level: c_int, msg: &str) {
     let caller = std::panic::Location::caller();
-    let file = to_cstring(caller.file());
+    log_raw(server, level, msg, caller.file(), caller.line());
+}
+
+fn log_raw(server: Option<&Server>, level: c_int, msg: &str, file: &str, line: u32) {
+    let file = to_cstring(file);
     let msg = to_cstring(msg);
     let s = server.map_or(ptr::null(), |s| s.raw as *const ffi::server_rec);
     // SAFETY: all pointers are valid for the call; the format is a constant "%s".
     unsafe {
         ffi::ap_log_error_(
             file.as_ptr(),
-            caller.line() as c_int,
+            line as c_int,
             module_index(),
             level,
             0,

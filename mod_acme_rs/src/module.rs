@@ -182,7 +182,12 @@ impl log::Log for ApacheLogger {
 
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
-            apache::log_from_thread(level(record.level()), &record.args().to_string());
+            apache::log_from_thread_at(
+                level(record.level()),
+                &record.args().to_string(),
+                record.file().unwrap_or("acme_rs_engine"),
+                record.line().unwrap_or(0),
+            );
         }
     }
 

@@ -293,6 +293,25 @@ impl Apache {
         Ok(())
     }
 
+    /// Starts the same Apache again (same ServerRoot, configuration and ports) after
+    /// [`Apache::stop`]: what the store holds survives, as across a real restart.
+    pub async fn start_again(&mut self) -> Result<()> {
+        anyhow::ensure!(!self.child.is_running(), "Apache is still running");
+        let mut cmd = Command::new(APACHE2);
+        cmd.arg("-DFOREGROUND").arg("-f").arg(&self.conf_path);
+        self.child = ChildGuard::spawn_group("apache2", cmd, &self.dir.join("logs/stdout-again.log"))?;
+        self.child.set_grace(Duration::from_secs(10));
+        self.wait_answering(Duration::from_secs(30)).await
+    }
+
+    /// Replaces `from` with `to` in the generated httpd.conf (for a later graceful restart).
+    pub fn edit_conf(&self, from: &str, to: &str) -> Result<()> {
+        let conf = std::fs::read_to_string(&self.conf_path)?;
+        anyhow::ensure!(conf.contains(from), "{from:?} is not in the configuration");
+        std::fs::write(&self.conf_path, conf.replace(from, to))?;
+        Ok(())
+    }
+
     /// `apache2 -f <conf> -k stop` and waits (up to 30 s) for the parent to exit; true if it
     /// exited with status 0. Killed if it does not exit.
     pub fn stop(&mut self) -> bool {
