@@ -10,7 +10,7 @@ APACHE_CONF := /etc/apache2/mods-available
 APT_PACKAGES := apache2 apache2-dev libclang-dev clang pebble openssl curl ca-certificates python3-pip
 PIP_PACKAGES := moto[server]
 
-.PHONY: all build install deps test demo clean
+.PHONY: all build install deps test demo bench clean
 
 all: build
 
@@ -40,6 +40,15 @@ deps:
 test: deps
 	$(CARGO) build --release -p mod_acme_rs
 	$(CARGO) test --release --workspace
+
+# One command, everything local: a CA, a Route53 API, a DNS server and Apache, which gets and
+# serves a wildcard certificate by itself. Ctrl-C stops it all.
+demo: deps build
+	$(CARGO) run --release -q -p acme_rs_stack --bin acme-rs-demo -- --module $(SO)
+
+# The README's benchmark: apache2 start to the new certificate served, median of 5 runs.
+bench: deps build
+	$(CARGO) run --release -q -p acme_rs_stack --bin acme-rs-demo -- --module $(SO) --bench 5
 
 clean:
 	$(CARGO) clean
