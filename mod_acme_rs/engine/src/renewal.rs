@@ -73,7 +73,12 @@ fn run_thread(rx: watch::Receiver<Control>, on_installed: OnInstalled) {
             return;
         }
     };
-    runtime.block_on(supervise(rx, on_installed));
+    // Rounds run as tasks (a panic there is a JoinError); this catches the rest, e.g. in the
+    // owner's callback, so that nothing unwinds out of the thread unnoticed.
+    let supervised = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(supervise(rx, on_installed))));
+    if supervised.is_err() {
+        log::error!(target: "acme_rs", "internal error (panic) in the renewal thread; certificates are not renewed until Apache restarts");
+    }
     // Blocking tasks (key generation) get a moment to finish; the DSO is pinned, so a thread
     // that outlives this cannot run unmapped code.
     runtime.shutdown_timeout(Duration::from_secs(2));

@@ -74,7 +74,7 @@ pub async fn wait_for_txt(records: &[TxtRecord], resolvers: &[SocketAddr], timeo
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let qt = QUERY_TIMEOUT.min(remaining.max(Duration::from_millis(50)));
-        let results = futures_join(pending.iter().map(|(server, name)| {
+        let results = futures_util::future::join_all(pending.iter().map(|(server, name)| {
             let want = &wanted[name];
             async move {
                 let res = match query(*server, name, RecordType::TXT, qt).await {
@@ -125,28 +125,6 @@ fn quoted_list(vals: &BTreeSet<String>) -> String {
     vals.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", ")
 }
 
-/// Runs futures concurrently and collects their outputs (in order).
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
-    out.into_iter().map(|o| o.unwrap()).collect()
-}
 
 /// The TXT values in a response's answer section (each value's strings concatenated).
 fn txt_values(msg: &Message) -> BTreeSet<String> {

@@ -252,7 +252,7 @@ impl Route53Provider {
                 if listed.is_none() {
                     listed = Some(self.list_public_zones().await?);
                 }
-                let zones = listed.as_ref().unwrap();
+                let zones = listed.as_deref().unwrap_or_default();
                 match zones.iter().filter(|z| is_within(&name, &z.name)).max_by_key(|z| z.name.len()) {
                     Some(z) => z.clone(),
                     None => {
