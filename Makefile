@@ -7,7 +7,7 @@ SO          := target/release/libmod_acme_rs.so
 APACHE_CONF := /etc/apache2/mods-available
 
 # What the build and the tests need from Debian and PyPI.
-APT_PACKAGES := apache2 apache2-dev libclang-dev clang pebble openssl curl ca-certificates python3-pip
+APT_PACKAGES := apache2 apache2-dev libclang-dev pebble openssl curl ca-certificates python3-pip
 PIP_PACKAGES := moto[server]
 
 .PHONY: all build install deps test demo bench clean
@@ -31,7 +31,8 @@ deps:
 	  echo "apt-get install:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q '$(PIP_PACKAGES)' \
+	@python3 -c 'import moto.server, flask' 2>/dev/null && command -v moto_server >/dev/null 2>&1 \
+	  || python3 -m pip install -q '$(PIP_PACKAGES)' \
 	  || python3 -m pip install -q --break-system-packages '$(PIP_PACKAGES)'
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first"; exit 1; }
 

@@ -74,6 +74,18 @@ async fn from_an_empty_store_the_fallback_then_the_wildcard_certificate_is_serve
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(apache.error_log().matches("creating order").count(), orders_before, "nothing new was ordered");
 
+    // A hand-written SSLCertificateFile pointing at the store's files works as well.
+    let manual = format!(
+        "<VirtualHost 127.0.0.1:${{HTTPS_PORT}}>\n    ServerName manual.example.test\n    SSLEngine on\n    \
+         SSLCertificateFile {dir}/example.test.crt\n    SSLCertificateKeyFile {dir}/example.test.key\n</VirtualHost>\n",
+        dir = certs.display()
+    );
+    let conf = std::fs::read_to_string(apache.conf_path()).unwrap();
+    std::fs::write(apache.conf_path(), conf + &manual).unwrap();
+    apache.graceful().await.unwrap();
+    let by_hand = apache.https_get("manual.example.test", "/").await.unwrap();
+    assert_eq!((by_hand.status, leaf(&by_hand.chain).serial), (200, served.serial.clone()));
+
     // A name without a hosted zone: the renewal fails, Apache keeps running, the certificate in
     // use is never overwritten.
     apache
